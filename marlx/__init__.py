@@ -1,0 +1,3 @@
+"""marlx: multi-agent reinforcement learning on Ray RLlib."""
+
+__version__ = "0.1.0"
