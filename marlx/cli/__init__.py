@@ -1,0 +1,1 @@
+"""Command-line tools: `rllib` (the classic RLlib CLI) and `marlx`."""

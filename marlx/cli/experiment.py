@@ -1,0 +1,282 @@
+"""Classic RLlib experiment files -> validated ``AlgorithmConfig`` objects and Ray Tune run settings.
+
+The file format is the one of RLlib's ``tuned_examples`` (``rllib train file X.yaml`` before Ray 2.60)::
+
+    my-experiment:
+      run: QMIX                 # RLlib name, marlx name, or import path "pkg.module:Class"
+      env: builtin/push_box     # marlx registry name or gymnasium id
+      stop: {training_iteration: 20}
+      checkpoint_config: {checkpoint_frequency: 5, checkpoint_at_end: true}
+      config: {lr: 0.0005, env_config: {size: 5}, optim: {sam: {rho: 0.05}}}
+
+Everything that can be wrong with a file is found here, before Ray starts, and reported as one
+:class:`~marlx.errors.MarlxError` line naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from marlx.errors import ConfigKeyError, MarlxError, UnknownNameError
+
+EXPERIMENT_KEYS = {
+    "run": "algorithm name or import path (required)",
+    "env": "environment name (or put it in config.env)",
+    "stop": "stop criteria, e.g. {training_iteration: 10}",
+    "config": "algorithm config overrides",
+    "checkpoint_config": "{checkpoint_frequency: N, checkpoint_at_end: true, num_to_keep: K}",
+    "storage_path": "folder for run outputs (default ./runs)",
+    "num_samples": "trials to sample from the search space",
+    "stop_reward": "shorthand for stop: {env_runners/episode_return_mean: X}",
+    "local_dir": "old name of storage_path",
+}
+
+# Keys that RLlib's update_from_dict understands although they are no attributes of the config.
+_SPECIAL_CONFIG_KEYS = {"multiagent", "callbacks_class", "env_config", "model", "optimizer", "replay_buffer_config"}
+# Keys that the RLlib CLI accepted and Ray 2.60 renamed (rllib-notes.md).
+RENAMED_CONFIG_KEYS = {
+    "num_sgd_iter": "num_epochs",
+    "sgd_minibatch_size": "minibatch_size",
+    "num_rollout_workers": "num_env_runners",
+    "num_workers": "num_env_runners",
+    "num_envs_per_worker": "num_envs_per_env_runner",
+}
+# marlx's own config sections, consumed here.
+MARLX_CONFIG_KEYS = {"optim"}
+STOP_ALIASES = {
+    "episode_reward_mean": "env_runners/episode_return_mean",
+    "episode_return_mean": "env_runners/episode_return_mean",
+    "success_rate": "env_runners/success_rate",
+    "timesteps_total": "num_env_steps_sampled_lifetime",
+    "env_steps": "num_env_steps_sampled_lifetime",
+}
+
+
+@dataclass
+class Experiment:
+    """One experiment of a file, resolved."""
+
+    name: str
+    algo_name: str
+    algo_class: type
+    env: str | None
+    config: Any  # AlgorithmConfig
+    search_space: dict = field(default_factory=dict)
+    stop: dict = field(default_factory=dict)
+    checkpoint_config: dict = field(default_factory=dict)
+    storage_path: str = ""
+    num_samples: int = 1
+    notices: list[str] = field(default_factory=list)
+
+    def param_space(self) -> dict:
+        """The config as Tune's param space, with search-space entries (grid_search, ...) restored."""
+        space = self.config.to_dict()
+        space.update(self.search_space)
+        return space
+
+
+def load_experiment_file(path: str) -> dict:
+    if not os.path.exists(path):
+        raise MarlxError(f"experiment file {path!r} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise MarlxError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise MarlxError(f"{path} must map experiment names to {{run, env, stop, config}} blocks")
+    return data
+
+
+def _import_path(name: str):
+    module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def rllib_algorithm_names() -> list[str]:
+    from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
+
+    return sorted(RLLIB_ALGORITHMS)
+
+
+def resolve_algorithm(name: str) -> type:
+    """``run:`` value -> Algorithm class: marlx names, RLlib built-in names, import paths."""
+    from marlx.algorithms import algorithm_names, get_algorithm_class
+
+    if not isinstance(name, str) or not name:
+        raise MarlxError("experiment key 'run' must name an algorithm, e.g. run: QMIX")
+    if name in algorithm_names():
+        return get_algorithm_class(name)
+    if name in rllib_algorithm_names():
+        from ray.tune.registry import get_trainable_cls
+
+        return get_trainable_cls(name)
+    if "." in name or ":" in name:
+        cls = _import_path(name)
+        if cls is None:
+            raise MarlxError(f"cannot import algorithm {name!r}; use 'package.module:Class'")
+        return cls
+    raise UnknownNameError(
+        "algorithm", name, algorithm_names() + rllib_algorithm_names(),
+        hint="an import path 'package.module:Class' works too",
+    )
+
+
+def resolve_env(name: str) -> str:
+    """``env:`` value -> the name RLlib gets. marlx registry names and gymnasium ids pass."""
+    from marlx.envs.registry import env_names, get_spec
+
+    if not isinstance(name, str) or not name:
+        raise MarlxError("experiment key 'env' must name an environment, e.g. env: builtin/push_box")
+    if name in env_names():
+        spec = get_spec(name)
+        missing = spec.missing()
+        if missing:
+            from marlx.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"env {name!r}", missing[0], spec.install)
+        return name
+    import gymnasium as gym
+
+    if name in gym.envs.registry:
+        return name
+    if ":" in name and _import_path(name) is not None:  # an env class by import path
+        return name
+    raise UnknownNameError(
+        "env", name, env_names(), hint="gymnasium ids (e.g. CartPole-v1) work too; `marlx envs` lists marlx's"
+    )
+
+
+def _is_search_space(value: Any) -> bool:
+    from ray.tune.search.sample import Domain
+
+    if isinstance(value, Domain):
+        return True
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("grid_search", "grid")
+
+
+def is_team_algorithm(cls: type) -> bool:
+    return bool(getattr(cls, "marlx_team_algorithm", False))
+
+
+def build_config(algo_class: type, env: str | None, config: dict, where: str = "config"):
+    """A validated AlgorithmConfig for ``algo_class`` from a classic config dict.
+
+    Returns ``(config, search_space, notices)``: entries that are Tune search spaces are kept apart (Tune
+    resolves them per trial) after their key was validated.
+    """
+    from marlx.callbacks import TeamMetricsCallback
+    from marlx.envs.registry import VIEW_KEY, is_registered
+    from marlx.optim.rllib_hooks import apply_optim
+
+    if not isinstance(config, dict):
+        raise MarlxError(f"{where} must be a mapping of config keys, got {type(config).__name__}")
+    config = copy.deepcopy(config)
+    algo_config = algo_class.get_default_config()
+    notices: list[str] = []
+    fixed, search_space, marlx_sections = {}, {}, {}
+    for key, value in config.items():
+        if key in RENAMED_CONFIG_KEYS:
+            new = RENAMED_CONFIG_KEYS[key]
+            notices.append(f"{where}.{key} is called {new} in Ray 2.60; using {new}")
+            key = new
+        if key in MARLX_CONFIG_KEYS:
+            marlx_sections[key] = value
+            continue
+        translated = algo_config._translate_special_keys(key, warn_deprecated=False)
+        if not (hasattr(algo_config, translated) or translated in _SPECIAL_CONFIG_KEYS):
+            valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
+            raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
+        (search_space if _is_search_space(value) else fixed)[key] = value
+    env = fixed.pop("env", env)
+    algo_config.update_from_dict(fixed)
+    if env is not None:
+        env = resolve_env(env)
+        env_config = dict(algo_config.env_config or {})
+        if is_registered(env) and not is_team_algorithm(algo_class):
+            # A per-agent RLlib algorithm on a marlx team env: its MultiAgentEnv view, one shared policy.
+            env_config.setdefault(VIEW_KEY, "multi_agent")
+            if env_config[VIEW_KEY] == "multi_agent" and not algo_config.is_multi_agent:
+                algo_config.multi_agent(policies={"shared"}, policy_mapping_fn=_shared_policy)
+        algo_config.environment(env, env_config=env_config)
+        _check_env_config(env, env_config)
+    if TeamMetricsCallback not in _callback_classes(algo_config):
+        existing = _callback_classes(algo_config)
+        algo_config.callbacks(callbacks_class=existing + [TeamMetricsCallback] if existing else TeamMetricsCallback)
+    if "optim" in marlx_sections:
+        if not isinstance(marlx_sections["optim"], dict):
+            raise MarlxError(f"{where}.optim must map technique names to their options, e.g. optim: {{sam: {{rho: 0.05}}}}")
+        apply_optim(algo_config, marlx_sections["optim"])
+    return algo_config, search_space, notices
+
+
+def _shared_policy(agent_id, *args, **kwargs):
+    return "shared"
+
+
+def _callback_classes(algo_config) -> list:
+    cb = algo_config.callbacks_class
+    if cb is None:
+        return []
+    if isinstance(cb, (list, tuple)):
+        return list(cb)
+    from ray.rllib.callbacks.callbacks import RLlibCallback
+
+    return [] if cb is RLlibCallback else [cb]
+
+
+def _check_env_config(env: str, env_config: dict) -> None:
+    """Create the env once in the driver so that a bad env_config key fails here, clearly."""
+    from marlx.envs.registry import VIEW_KEY, is_registered, make_env
+
+    if is_registered(env):
+        make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY and not _is_search_space(v)}).close()
+
+
+def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:
+    """Resolve every experiment of a loaded file; raises MarlxError on the first problem."""
+    experiments = []
+    for name, block in data.items():
+        where = f"{source}: {name}"
+        if not isinstance(block, dict):
+            raise MarlxError(f"{where} must be a mapping with run/env/stop/config")
+        for key in block:
+            if key not in EXPERIMENT_KEYS:
+                raise ConfigKeyError(key, f"experiment {name!r}", EXPERIMENT_KEYS)
+        if "run" not in block:
+            raise MarlxError(f"{where} has no 'run' key; add e.g. run: QMIX")
+        algo_class = resolve_algorithm(block["run"])
+        config_dict = dict(block.get("config") or {})
+        env = block.get("env", config_dict.get("env"))
+        config_dict.pop("env", None)
+        config, search, notices = build_config(algo_class, env, config_dict, where=f"{name}.config")
+        stop = dict(block.get("stop") or {})
+        if "stop_reward" in block:
+            stop["env_runners/episode_return_mean"] = block["stop_reward"]
+        stop = {STOP_ALIASES.get(k, k): v for k, v in stop.items()}
+        storage = storage_path or block.get("storage_path") or block.get("local_dir") or "runs"
+        experiments.append(
+            Experiment(
+                name=name,
+                algo_name=block["run"],
+                algo_class=algo_class,
+                env=env,
+                config=config,
+                search_space=search,
+                stop=stop,
+                checkpoint_config=dict(block.get("checkpoint_config") or {}),
+                storage_path=os.path.abspath(os.path.expanduser(storage)),
+                num_samples=int(block.get("num_samples", 1)),
+                notices=notices,
+            )
+        )
+    return experiments

@@ -1,0 +1,127 @@
+"""Run resolved experiments through Ray Tune: progress lines, TensorBoard, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from marlx.cli.experiment import Experiment
+from marlx.errors import MarlxError
+
+
+def init_ray(address: str | None = None) -> None:
+    """Start Ray in-process sized to this machine (no dashboard), or join a running cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as e:
+            raise MarlxError(
+                f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head` "
+                "or drop --address to run on this machine"
+            ) from None
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _get(result: dict, path: str, default=float("nan")):
+    node = result
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def format_progress(result: dict) -> str:
+    """One line per training iteration: iteration, env steps, return, success rate, steps/s."""
+    it = result.get("training_iteration", 0)
+    steps = _get(result, "num_env_steps_sampled_lifetime", None)
+    if steps is None:
+        steps = _get(result, "env_runners/num_env_steps_sampled_lifetime", 0)
+    ret = _get(result, "env_runners/episode_return_mean")
+    succ = _get(result, "env_runners/success_rate")
+    dt = result.get("time_this_iter_s") or float("nan")
+    iter_steps = _get(result, "env_runners/num_env_steps_sampled", 0)
+    sps = iter_steps / dt if dt and not math.isnan(dt) and dt > 0 else float("nan")
+    return (
+        f"iter {it:4d} | env steps {int(steps or 0):9d} | return {ret:8.3f} | success {succ:5.2f} "
+        f"| {sps:7.0f} steps/s | {result.get('time_total_s', 0.0):7.1f} s"
+    )
+
+
+def _progress_callback():
+    from ray import tune
+
+    class ProgressLines(tune.Callback):
+        """Prints one line per iteration and where checkpoints go."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
+            print(prefix + format_progress(result), flush=True)
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            print(f"{'[' + trial.trial_id + '] ' if len(trials) > 1 else ''}checkpoint: {checkpoint.path}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"trial {trial.trial_id} failed; its error is in {trial.local_path}/error.txt", flush=True)
+
+    return ProgressLines()
+
+
+def experiment_dir(exp: Experiment) -> str:
+    return os.path.join(exp.storage_path, exp.name)
+
+
+def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
+    """Train ``exp`` with Ray Tune; returns Tune's ResultGrid. ``resume`` continues an interrupted run."""
+    from ray import tune
+
+    for notice in exp.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    path = experiment_dir(exp)
+    callbacks = [_progress_callback()] if verbose else []
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise MarlxError(f"nothing to resume in {path}: no interrupted run of {exp.name!r} there; run without --resume")
+        print(f"resuming {exp.name} from {path}", flush=True)
+        tuner = tune.Tuner.restore(
+            path, trainable=exp.algo_class, resume_unfinished=True, resume_errored=True,
+            param_space=exp.param_space(),
+        )
+        # Tuner.restore keeps the stored RunConfig; progress lines are re-attached here.
+        tuner._local_tuner._run_config.callbacks = callbacks  # Ray 2.60: no public setter
+    else:
+        ckpt = exp.checkpoint_config
+        run_config = tune.RunConfig(
+            name=exp.name,
+            storage_path=exp.storage_path,
+            stop=exp.stop or None,
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=int(ckpt.get("checkpoint_frequency", 10)),
+                checkpoint_at_end=bool(ckpt.get("checkpoint_at_end", True)),
+                num_to_keep=ckpt.get("num_to_keep"),
+            ),
+            callbacks=callbacks,
+            verbose=0,
+        )
+        tuner = tune.Tuner(
+            exp.algo_class,
+            param_space=exp.param_space(),
+            tune_config=tune.TuneConfig(num_samples=exp.num_samples),
+            run_config=run_config,
+        )
+    results = tuner.fit()
+    for res in results:
+        if res.error:
+            raise MarlxError(f"training of {exp.name!r} failed: {str(res.error).strip().splitlines()[-1]} (details in {res.path}/error.txt)")
+    if verbose:
+        for res in results:
+            ckpt = res.checkpoint.path if res.checkpoint else "none"
+            print(f"done: {exp.name} -> {res.path}\n  last checkpoint: {ckpt}\n  tensorboard --logdir {path}", flush=True)
+    return results
