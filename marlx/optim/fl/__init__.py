@@ -13,11 +13,11 @@ from marlx.optim.fl.strategies import (
     STRATEGIES, EmbracingFL, EmbracingFLConfig, FedAvg, FedAvgConfig, FedLUAR, FedLUARConfig, OnDeviceKD,
     OnDeviceKDConfig, Strategy, WidthReduction, WidthReductionConfig, make_strategy,
 )
-from marlx.optim.fl.trainer import FederatedTrainer, FLConfig
+from marlx.optim.fl.trainer import FederatedTrainer, FLConfig, ScaledModel
 
 __all__ = [
     "STRATEGIES", "EmbracingFL", "EmbracingFLConfig", "FLConfig", "FedAvg", "FedAvgConfig", "FedLUAR",
-    "FedLUARConfig", "FederatedTrainer", "LayerRecycler", "OnDeviceKD", "OnDeviceKDConfig", "Strategy",
+    "FedLUARConfig", "FederatedTrainer", "LayerRecycler", "OnDeviceKD", "OnDeviceKDConfig", "ScaledModel", "Strategy",
     "WidthReduction", "WidthReductionConfig", "assign_tiers", "dirichlet_partition", "kd_loss", "kd_weight",
     "layer_groups", "make_strategy", "masked_average", "numel", "output_side_keys",
 ]

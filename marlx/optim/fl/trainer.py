@@ -3,10 +3,10 @@
 Example::
 
     from marlx.optim.data import load_digits, small_cnn
-    from marlx.optim.fl import FederatedTrainer, FLConfig, make_strategy
+    from marlx.optim.fl import FederatedTrainer, FLConfig, ScaledModel, make_strategy
 
     train, test = load_digits()
-    trainer = FederatedTrainer(lambda w: small_cnn(width=max(1, round(16 * w))), train, test,
+    trainer = FederatedTrainer(ScaledModel(small_cnn, "width", 16), train, test,
                                make_strategy("fedluar", delta=2), FLConfig(num_clients=32, clients_per_round=8))
     history = trainer.fit()          # one dict per round: accuracy, parameters uploaded / downloaded, ...
 """
@@ -27,6 +27,23 @@ from marlx.optim.fl.aggregate import numel
 from marlx.optim.fl.client import ClientTask, ClientWorker, InProcessPool, LocalSGD, RayActorPool
 from marlx.optim.fl.partition import assign_tiers, dirichlet_partition
 from marlx.optim.fl.strategies import Strategy
+
+
+@dataclass(frozen=True)
+class ScaledModel:
+    """A picklable ``model_fn(width)``: ``builder(**{arg: max(1, round(base * width))}, **kwargs)``.
+
+    Ray workers must import the model factory; a lambda defined in a script or test is not importable by
+    them, this is (``ScaledModel(small_cnn, "width", 32)``).
+    """
+
+    builder: Callable[..., nn.Module]
+    arg: str
+    base: int
+    kwargs: tuple = ()
+
+    def __call__(self, width: float = 1.0) -> nn.Module:
+        return self.builder(**{self.arg: max(1, round(self.base * width))}, **dict(self.kwargs))
 
 
 @dataclass
