@@ -42,6 +42,14 @@ class LearnerHook:
         self.learner = learner
         self.options = options
 
+    @classmethod
+    def prepare_module(cls, learner, **options: Any) -> None:
+        """Before the learner's optimisers take the module's parameters (the hook is not built yet).
+
+        A technique that changes the module's structure (``lowrank`` converts layers) does it here, so
+        the optimisers, the parameter registry and a DDP wrapper all see the final parameters.
+        """
+
     def on_build(self) -> None:
         """After the learner has built its module and optimisers."""
 
@@ -102,6 +110,18 @@ class _OptimHookedMixin:
         self._optim_hooks = [get_hook(name)(self, **(opts or {})) for name, opts in cfg.items()]
         for hook in self._optim_hooks:
             hook.on_build()
+
+    def configure_optimizers(self) -> None:
+        # Learner.build() calls this right after building the module (Ray 2.60).
+        for name, opts in ((self.config.learner_config_dict or {}).get(OPTIM_KEY) or {}).items():
+            get_hook(name).prepare_module(self, **(opts or {}))
+        super().configure_optimizers()
+
+    def compute_gradients(self, loss_per_module, **kwargs):
+        # A parameter that took no part in the loss (the idle form of a lowrank layer) has no gradient;
+        # RLlib 2.60's apply_gradients assumes every parameter has one. Skip it, as torch optimisers do.
+        grads = super().compute_gradients(loss_per_module, **kwargs)
+        return {ref: g for ref, g in grads.items() if g is not None}
 
     # Private RLlib name (Ray 2.60): the single forward/backward/step on one batch.
     def _uncompiled_update(self, batch, **kwargs):
