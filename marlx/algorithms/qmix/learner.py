@@ -1,0 +1,137 @@
+"""The QMIX/VDN TorchLearner: masked TD loss over whole padded episodes, double Q, target networks.
+
+The update goes through RLlib's normal path (``Learner.update`` -> ``TorchLearner._uncompiled_update`` ->
+``forward_train`` -> ``compute_loss_for_module`` -> gradients -> clip -> step), so marlx's optimiser hooks
+(``marlx.optim.rllib_hooks``) wrap it like any other learner.
+
+Batch layout (built by :class:`~marlx.algorithms.qmix.replay.TeamEpisodeReplay`): team observation leaves
+``[B, T+1, ...]``, ``actions [B, T, n]``, ``rewards``/``terminateds``/``mask`` ``[B, T]``.
+
+Seam for intrinsic rewards (FoX, FIM): override :meth:`QMIXLearner.intrinsic_reward`; its per-step bonus
+``[B, T]`` is added to the team reward before the TD target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.learner.utils import update_target_network
+
+from marlx.algorithms.qmix.replay import MASK
+from marlx.algorithms.qmix.targets import compute_targets
+from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES
+
+#: Key of the lifetime episode count in the ``timesteps`` dict the algorithm passes to ``update``.
+NUM_EPISODES_SAMPLED_LIFETIME = "num_episodes_sampled_lifetime"
+_UNAVAILABLE = -1e7  # PyMARL's -9999999: finite, so masked max stays well defined on padded steps
+
+
+class QMIXLearner(TorchLearner):
+    """TD learning of a value-decomposition module (``QMIXRLModule``)."""
+
+    def build(self) -> None:
+        super().build()
+        self._last_target_update_episode = 0
+
+    # -- optimiser ----------------------------------------------------------------------------
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        module = self.module[module_id]
+        params = [p for name, p in module.named_parameters() if not name.startswith("target_")]
+        if config.optimizer == "rmsprop":
+            opt = torch.optim.RMSprop(params, lr=config.lr, alpha=config.optim_alpha, eps=config.optim_eps)
+        elif config.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=config.lr, eps=config.optim_eps)
+        else:
+            raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {config.optimizer!r}")
+        self.register_optimizer(module_id=module_id, optimizer=opt, params=params, lr_or_lr_schedule=config.lr)
+
+    # -- seam ---------------------------------------------------------------------------------
+    def intrinsic_reward(self, module_id, batch: dict, fwd_out: dict) -> torch.Tensor | None:
+        """Per-step bonus ``[B, T]`` added to the team reward before the TD target (``None``: no bonus).
+
+        Override in a subclass (FoX's formation counts, FIM's influence). Padded steps are masked later.
+        """
+        return None
+
+    # -- loss ---------------------------------------------------------------------------------
+    def compute_loss_for_module(self, *, module_id, config, batch: dict, fwd_out: dict[str, Any]) -> torch.Tensor:
+        module = self.module[module_id].unwrapped()
+        q, target_q = fwd_out[Q_VALUES], fwd_out[TARGET_Q_VALUES]  # [B, T+1, n, A]
+        actions = batch[Columns.ACTIONS].long()  # [B, T, n]
+        mask = batch[MASK]
+        rewards = batch[Columns.REWARDS]
+        terminated = batch[Columns.TERMINATEDS]
+        avail = batch["avail"]  # [B, T+1, n, A]
+        states = batch["state"]
+
+        bonus = self.intrinsic_reward(module_id, batch, fwd_out)
+        if bonus is not None:
+            rewards = rewards + bonus
+            self.metrics.log_value((module_id, "intrinsic_reward_mean"),
+                                   ((bonus * mask).sum() / mask.sum().clamp(min=1)).item(), window=1)
+
+        chosen = torch.gather(q[:, :-1], dim=3, index=actions.unsqueeze(3)).squeeze(3)  # [B, T, n]
+        next_avail = avail[:, 1:]
+        masked_target = target_q[:, 1:].masked_fill(next_avail <= 0, _UNAVAILABLE)
+        if config.double_q:
+            online_next = q[:, 1:].detach().masked_fill(next_avail <= 0, _UNAVAILABLE)
+            best = online_next.argmax(dim=3, keepdim=True)
+            target_next = torch.gather(masked_target, 3, best).squeeze(3)
+        else:
+            target_next = masked_target.max(dim=3).values
+        # padded next steps (all actions unavailable) hold -1e7: zero them, they never reach the loss
+        target_next = torch.where(target_next <= _UNAVAILABLE / 2, torch.zeros_like(target_next), target_next)
+
+        q_tot = module.mix(chosen, states[:, :-1])
+        with torch.no_grad():
+            next_values = module.target_mix(target_next, states[:, 1:])
+            targets = compute_targets(rewards, terminated, mask, next_values, config.gamma,
+                                      config.td_lambda, config.n_step)
+        td_error = (q_tot - targets) * mask
+        n_valid = mask.sum().clamp(min=1)
+        loss = (td_error**2).sum() / n_valid
+
+        log = {
+            "td_loss": loss.item(),
+            "td_error_abs": (td_error.abs().sum() / n_valid).item(),
+            "q_taken_mean": ((chosen * mask.unsqueeze(-1)).sum() / (n_valid * chosen.shape[-1])).item(),
+            "q_tot_mean": ((q_tot * mask).sum() / n_valid).item(),
+            "target_mean": ((targets * mask).sum() / n_valid).item(),
+        }
+        for key, value in log.items():
+            self.metrics.log_value((module_id, key), value, window=1)
+        return loss
+
+    # -- target networks ----------------------------------------------------------------------
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        cfg = self.config
+        episodes = int(timesteps.get(NUM_EPISODES_SAMPLED_LIFETIME, 0) or 0)
+        for module_id, module in self.module._rl_modules.items():
+            module = module.unwrapped()
+            if cfg.target_update_tau < 1.0:  # soft (Polyak) update after every learner update
+                tau = cfg.target_update_tau
+            elif episodes - self._last_target_update_episode >= cfg.target_update_interval_episodes:
+                tau = 1.0
+                self._last_target_update_episode = episodes
+            else:
+                continue
+            for main, target in module.get_target_network_pairs():
+                update_target_network(main_net=main, target_net=target, tau=tau)
+            self.metrics.log_value((module_id, "last_target_update_episode"),
+                                   self._last_target_update_episode, window=1)
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        state["marlx_qmix"] = {"last_target_update_episode": self._last_target_update_episode}
+        return state
+
+    def set_state(self, state):
+        extra = state.get("marlx_qmix")
+        super().set_state({k: v for k, v in state.items() if k != "marlx_qmix"})
+        if extra:
+            self._last_target_update_episode = extra["last_target_update_episode"]

@@ -1,0 +1,295 @@
+"""QMIX and VDN on RLlib's new API stack (Config -> Algorithm -> Learner -> RLModule).
+
+One training iteration (PyMARL's episode runner loop):
+
+1. every env runner plays one whole episode per env (``batch_mode="complete_episodes"``) with the
+   epsilon-greedy :class:`~marlx.modules.qmix_module.QMIXRLModule`, batched over envs x agents;
+2. the episodes go into :class:`~marlx.algorithms.qmix.replay.TeamEpisodeReplay` (capacity in episodes);
+3. ``num_updates_per_iteration`` times: sample ``batch_size_episodes`` whole episodes and update the
+   :class:`~marlx.algorithms.qmix.learner.QMIXLearner` through ``LearnerGroup.update`` (RLlib's normal path);
+4. weights go back to the env runners.
+
+Every hyper-parameter is an attribute of :class:`QMIXConfig` with PyMARL's default, settable through
+``.training(...)`` and ``update_from_dict`` (YAML ``config:``). Greedy play follows RLlib's ``explore=False``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_AGENT_STEPS_SAMPLED_LIFETIME,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
+from marlx.algorithms.qmix.replay import TeamEpisodeReplay
+from marlx.callbacks import TeamMetricsCallback
+from marlx.modules.mixers import MIXERS
+from marlx.modules.qmix_module import QMIXRLModule, linear_epsilon
+
+REPLAY_STATE_KEY = "marlx_replay"
+_MODEL_KEYS = (
+    "rnn_hidden_dim", "obs_last_action", "obs_agent_id", "mixer", "mixing_embed_dim", "hypernet_layers",
+    "hypernet_embed", "epsilon_start", "epsilon_finish", "epsilon_anneal_time",
+)
+
+
+class QMIXConfig(AlgorithmConfig):
+    """Configuration of QMIX (and, with ``mixer="vdn"``, VDN). Defaults are PyMARL's ``qmix.yaml``.
+
+    Example::
+
+        config = (QMIXConfig().environment("builtin/push_box", env_config={"size": 5})
+                  .env_runners(num_envs_per_env_runner=8)
+                  .training(epsilon_anneal_time=20_000, mixer="qmix"))
+        algo = config.build_algo()
+    """
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or QMIX)
+        # -- RLlib settings with PyMARL's values -------------------------------------------------
+        self.lr = 5e-4  # PyMARL lr
+        self.gamma = 0.99
+        self.grad_clip = 10.0  # PyMARL grad_norm_clip
+        self.grad_clip_by = "global_norm"
+        self.batch_mode = "complete_episodes"  # whole episodes, one per env per sample() call
+        self.num_env_runners = 0
+        self.evaluation_config = {"explore": False}  # greedy test episodes (PyMARL test_greedy)
+        self.callbacks_class = TeamMetricsCallback
+
+        # -- replay and update schedule --------------------------------------------------------
+        #: Replay capacity in episodes (PyMARL buffer_size).
+        self.buffer_size: int = 5000
+        #: Episodes per learner batch (PyMARL batch_size; 8 in GRF configs).
+        self.batch_size_episodes: int = 32
+        #: Episodes in the buffer before the first update (PyMARL: one batch).
+        self.learning_starts_episodes: int = 32
+        #: Gradient updates per training iteration (each on a fresh replay batch). PyMARL does one update
+        #: per ``batch_size_run`` episodes; an iteration here samples one episode per env.
+        self.num_updates_per_iteration: int = 1
+        #: Dtype of float observation leaves in replay ("float32" or "float16").
+        self.replay_obs_dtype: str = "float32"
+        #: Put the replay contents into checkpoints (position and counters are always saved).
+        self.store_buffer_in_checkpoints: bool = False
+
+        # -- targets ---------------------------------------------------------------------------
+        #: Double Q: argmax of the online network at t+1, valued by the target network.
+        self.double_q: bool = True
+        #: TD(lambda) targets when > 0 (PyMARL2 uses 0.6); 0 gives n-step / one-step targets.
+        self.td_lambda: float = 0.0
+        #: n-step returns (1 = one-step TD); ignored when td_lambda > 0.
+        self.n_step: int = 1
+        #: Hard target update every this many sampled episodes (PyMARL target_update_interval).
+        self.target_update_interval_episodes: int = 200
+        #: 1.0 = hard updates; < 1 = soft (Polyak) update with this tau after every learner update.
+        self.target_update_tau: float = 1.0
+
+        # -- optimiser -------------------------------------------------------------------------
+        #: "rmsprop" (PyMARL) or "adam" (PyMARL2, with lr 1e-3).
+        self.optimizer: str = "rmsprop"
+        #: RMSprop smoothing constant (PyMARL optim_alpha).
+        self.optim_alpha: float = 0.99
+        #: Optimiser epsilon (PyMARL optim_eps).
+        self.optim_eps: float = 1e-5
+
+        # -- networks --------------------------------------------------------------------------
+        #: GRU width of the agent network.
+        self.rnn_hidden_dim: int = 64
+        #: Feed each agent the one-hot of its previous action.
+        self.obs_last_action: bool = True
+        #: Feed each agent the one-hot of its id (weights are shared).
+        self.obs_agent_id: bool = True
+        #: "qmix" (monotonic hypernetwork mixer) or "vdn" (sum).
+        self.mixer: str = "qmix"
+        #: Width of QMIX's mixing layer.
+        self.mixing_embed_dim: int = 32
+        #: Layers of QMIX's weight hypernetworks (1 or 2).
+        self.hypernet_layers: int = 2
+        #: Hidden width of 2-layer hypernetworks.
+        self.hypernet_embed: int = 64
+
+        # -- exploration -----------------------------------------------------------------------
+        #: Epsilon at env step 0.
+        self.epsilon_start: float = 1.0
+        #: Epsilon after annealing.
+        self.epsilon_finish: float = 0.05
+        #: Env steps (all runners together) over which epsilon anneals linearly.
+        self.epsilon_anneal_time: int = 50_000
+
+    def training(
+        self,
+        *,
+        buffer_size: int = NotProvided,
+        batch_size_episodes: int = NotProvided,
+        learning_starts_episodes: int = NotProvided,
+        num_updates_per_iteration: int = NotProvided,
+        replay_obs_dtype: str = NotProvided,
+        store_buffer_in_checkpoints: bool = NotProvided,
+        double_q: bool = NotProvided,
+        td_lambda: float = NotProvided,
+        n_step: int = NotProvided,
+        target_update_interval_episodes: int = NotProvided,
+        target_update_tau: float = NotProvided,
+        optimizer: str = NotProvided,
+        optim_alpha: float = NotProvided,
+        optim_eps: float = NotProvided,
+        rnn_hidden_dim: int = NotProvided,
+        obs_last_action: bool = NotProvided,
+        obs_agent_id: bool = NotProvided,
+        mixer: str = NotProvided,
+        mixing_embed_dim: int = NotProvided,
+        hypernet_layers: int = NotProvided,
+        hypernet_embed: int = NotProvided,
+        epsilon_start: float = NotProvided,
+        epsilon_finish: float = NotProvided,
+        epsilon_anneal_time: int = NotProvided,
+        **kwargs,
+    ) -> "QMIXConfig":
+        """Set QMIX options (see the attribute docs in :class:`QMIXConfig`) and RLlib's training options."""
+        super().training(**kwargs)
+        for key, value in dict(locals()).items():
+            if key not in ("self", "kwargs", "__class__") and value is not NotProvided:
+                setattr(self, key, value)
+        return self
+
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        # max_seq_len: RLlib's learner connector of a stateful module requires it; marlx's learner batches
+        # whole episodes itself, so any value works.
+        return super()._model_config_auto_includes | {k: getattr(self, k) for k in _MODEL_KEYS} | {
+            "max_seq_len": 1000
+        }
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=QMIXRLModule)
+
+    def get_default_learner_class(self):
+        return QMIXLearner
+
+    def epsilon(self, env_steps: int) -> float:
+        """Epsilon of the exploration schedule after ``env_steps`` sampled env steps."""
+        return linear_epsilon(env_steps, self.epsilon_start, self.epsilon_finish, self.epsilon_anneal_time)
+
+    def validate(self) -> None:
+        super().validate()
+        errors = []
+        if self.mixer not in MIXERS:
+            errors.append(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if not 0.0 <= self.td_lambda <= 1.0:
+            errors.append(f"td_lambda must be in [0, 1], got {self.td_lambda}")
+        if self.n_step < 1:
+            errors.append(f"n_step must be >= 1, got {self.n_step}")
+        if self.td_lambda > 0 and self.n_step > 1:
+            errors.append("td_lambda and n_step > 1 exclude each other: choose one")
+        if self.batch_mode != "complete_episodes":
+            errors.append("QMIX stores whole episodes: batch_mode must be 'complete_episodes'")
+        if self.optimizer not in ("rmsprop", "adam"):
+            errors.append(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
+        if not 0.0 < self.target_update_tau <= 1.0:
+            errors.append(f"target_update_tau must be in (0, 1], got {self.target_update_tau}")
+        if self.batch_size_episodes > self.buffer_size:
+            errors.append("batch_size_episodes exceeds buffer_size")
+        if errors:
+            raise ValueError("invalid QMIX config: " + "; ".join(errors))
+
+
+class VDNConfig(QMIXConfig):
+    """QMIX's config with the VDN (sum) mixer."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or VDN)
+        self.mixer = "vdn"
+
+
+class QMIX(Algorithm):
+    """QMIX (Rashid et al. 2018) on a marlx team env; VDN when ``mixer="vdn"``."""
+
+    marlx_team_algorithm = True
+
+    @classmethod
+    def get_default_config(cls) -> QMIXConfig:
+        return QMIXConfig(cls)
+
+    def setup(self, config: QMIXConfig) -> None:
+        super().setup(config)
+        self.replay = TeamEpisodeReplay(config.buffer_size, config.replay_obs_dtype, seed=config.seed)
+        self._wall_start = None
+
+    def training_step(self) -> None:
+        cfg: QMIXConfig = self.config
+        t0 = time.perf_counter()
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                concat=True,
+                sample_timeout_s=cfg.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+        sample_s = time.perf_counter() - t0
+        self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        self.replay.add(episodes)
+        steps = sum(len(e) for e in episodes)
+        lifetime = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        self.metrics.log_value("epsilon", cfg.epsilon(lifetime), window=1)
+        self.metrics.log_value("replay_episodes", len(self.replay), window=1)
+        self.metrics.log_value("replay_bytes", self.replay.nbytes(), window=1)
+        self.metrics.log_value("num_episodes_sampled_lifetime", self.replay.episodes_added, window=1)
+        if sample_s > 0:
+            self.metrics.log_value("env_steps_per_s_sampling", steps / sample_s, window=20)
+
+        if len(self.replay) < max(cfg.learning_starts_episodes, cfg.batch_size_episodes):
+            return
+        timesteps = {
+            NUM_ENV_STEPS_SAMPLED_LIFETIME: lifetime,
+            NUM_AGENT_STEPS_SAMPLED_LIFETIME: lifetime,
+            NUM_EPISODES_SAMPLED_LIFETIME: self.replay.episodes_added,
+        }
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            for _ in range(cfg.num_updates_per_iteration):
+                data = self.replay.sample(cfg.batch_size_episodes)
+                steps_in_batch = int(data["mask"].sum())
+                batch = MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(data)}, env_steps=steps_in_batch)
+                results = self.learner_group.update(batch=batch, timesteps=timesteps)
+                self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+
+    # -- checkpointing: replay position (and optionally contents) travel with the algorithm state ----
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if getattr(self, "replay", None) is not None:
+            state[REPLAY_STATE_KEY] = self.replay.get_state(include_data=self.config.store_buffer_in_checkpoints)
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        if REPLAY_STATE_KEY in state:
+            self.replay.set_state(state[REPLAY_STATE_KEY])
+        # Ray 2.60's Algorithm.set_state syncs env runner step counts before it restores the metrics;
+        # sync again so that the epsilon schedule continues where it stopped.
+        self.env_runner_group.sync_env_runner_states(
+            config=self.config,
+            env_steps_sampled=self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0),
+        )
+
+
+class VDN(QMIX):
+    """VDN (Sunehag et al. 2018): QMIX's learner with the sum mixer."""
+
+    @classmethod
+    def get_default_config(cls) -> VDNConfig:
+        return VDNConfig(cls)

@@ -1,0 +1,167 @@
+"""A replay buffer of whole team episodes in preallocated arrays (PyMARL's ``EpisodeBatch`` layout).
+
+Every leaf of the team observation (``obs``, ``state``, ``avail``, ``positions``, ...) is stored ONCE per step
+in an array ``[capacity, L+1, ...]``: step ``t``'s next observation is entry ``t+1`` of the same array.
+Actions ``[capacity, L, n]`` are stored as the smallest unsigned integer type, ``avail`` as ``bool``, other
+observation leaves as ``float32`` (or ``float16`` with ``obs_dtype="float16"``); ``L`` grows to the longest
+episode seen. The capacity is counted in episodes; the oldest episode is overwritten first.
+
+:meth:`sample` returns ``batch_size`` distinct episodes cut to the longest of them, as numpy arrays:
+observation leaves ``[B, T+1, ...]``, ``actions [B, T, n]`` (int64), ``rewards``/``terminateds``/``mask``
+``[B, T]`` (float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from ray.rllib.core.columns import Columns
+
+MASK = "mask"
+AVAIL = "avail"
+
+
+def episode_arrays(episode) -> dict[str, Any]:
+    """The numpy arrays of one finished SingleAgentEpisode of a team env."""
+    obs = episode.get_observations()
+    if isinstance(obs, list):  # episode not converted to numpy
+        obs = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    actions = np.asarray(episode.get_actions())
+    rewards = np.asarray(episode.get_rewards(), np.float32)
+    return {"obs": obs, "actions": actions, "rewards": rewards, "terminated": bool(episode.is_terminated)}
+
+
+class TeamEpisodeReplay:
+    """Whole-episode replay of capacity ``capacity`` episodes.
+
+    Args:
+        capacity: episodes kept (PyMARL ``buffer_size`` = 5000).
+        obs_dtype: dtype of float observation leaves (``"float32"`` or ``"float16"``).
+        seed: seed of the sampling generator.
+    """
+
+    def __init__(self, capacity: int = 5000, obs_dtype: str = "float32", seed: int | None = None):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1 episode, got {capacity}")
+        self.capacity = int(capacity)
+        self.obs_dtype = np.dtype(obs_dtype)
+        self.rng = np.random.default_rng(seed)
+        self.max_len = 0
+        self.size = 0
+        self.pos = 0
+        self.episodes_added = 0
+        self.steps_added = 0
+        self.data: dict[str, np.ndarray] = {}
+        self.obs_keys: list[str] = []
+
+    # -- storage ------------------------------------------------------------------------------
+    def _allocate(self, ep: dict, length: int) -> None:
+        # the action set's size is the last axis of the availability mask
+        n_actions = ep["obs"][AVAIL].shape[-1] if AVAIL in ep["obs"] else 1 << 31
+        self.obs_keys = list(ep["obs"])
+        data = {}
+        for k, v in ep["obs"].items():
+            dtype = np.bool_ if k == AVAIL else (self.obs_dtype if v.dtype.kind == "f" else v.dtype)
+            data[k] = np.zeros((self.capacity, length + 1, *v.shape[1:]), dtype)
+        act_dtype = np.uint8 if n_actions <= 256 else np.int32
+        data[Columns.ACTIONS] = np.zeros((self.capacity, length, *ep["actions"].shape[1:]), act_dtype)
+        data[Columns.REWARDS] = np.zeros((self.capacity, length), np.float32)
+        data[Columns.TERMINATEDS] = np.zeros((self.capacity, length), np.bool_)
+        self.data = data
+        self.lengths = np.zeros(self.capacity, np.int32)
+        self.max_len = length
+
+    def _grow(self, length: int) -> None:
+        """Extend the time axis to ``length`` steps (a longer episode arrived)."""
+        for k, v in self.data.items():
+            extra = length - self.max_len
+            self.data[k] = np.concatenate([v, np.zeros((v.shape[0], extra, *v.shape[2:]), v.dtype)], axis=1)
+        self.max_len = length
+
+    def add(self, episodes: Iterable) -> int:
+        """Store finished episodes (SingleAgentEpisodes of a team env); returns how many were stored."""
+        n = 0
+        for episode in episodes:
+            if not episode.is_done:
+                raise ValueError("TeamEpisodeReplay stores whole episodes only (use batch_mode='complete_episodes')")
+            self.add_arrays(episode_arrays(episode))
+            n += 1
+        return n
+
+    def add_arrays(self, ep: dict) -> None:
+        length = len(ep["rewards"])
+        if not self.data:
+            self._allocate(ep, length)
+        elif length > self.max_len:
+            self._grow(length)
+        i = self.pos
+        for k in self.obs_keys:
+            arr = self.data[k]
+            arr[i, : length + 1] = ep["obs"][k]
+            arr[i, length + 1 :] = 0
+        for key, value in ((Columns.ACTIONS, ep["actions"]), (Columns.REWARDS, ep["rewards"])):
+            self.data[key][i, :length] = value
+            self.data[key][i, length:] = 0
+        term = self.data[Columns.TERMINATEDS]
+        term[i] = False
+        term[i, length - 1] = ep["terminated"]
+        self.lengths[i] = length
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+        self.episodes_added += 1
+        self.steps_added += length
+
+    # -- sampling -----------------------------------------------------------------------------
+    def can_sample(self, batch_size: int) -> bool:
+        return self.size >= batch_size
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        if not self.can_sample(batch_size):
+            raise ValueError(f"replay holds {self.size} episodes, cannot sample {batch_size}")
+        idx = np.sort(self.rng.choice(self.size, batch_size, replace=False))
+        return self.gather(idx)
+
+    def gather(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        lengths = self.lengths[idx]
+        T = int(lengths.max())
+        out = {k: self.data[k][idx, : T + 1] for k in self.obs_keys}
+        out = {k: (v.astype(np.float32) if v.dtype != np.float32 else v) for k, v in out.items()}
+        out[Columns.ACTIONS] = self.data[Columns.ACTIONS][idx, :T].astype(np.int64)
+        out[Columns.REWARDS] = self.data[Columns.REWARDS][idx, :T]
+        out[Columns.TERMINATEDS] = self.data[Columns.TERMINATEDS][idx, :T].astype(np.float32)
+        out[MASK] = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
+        return out
+
+    # -- size ---------------------------------------------------------------------------------
+    def bytes_per_step(self) -> int:
+        """Bytes of storage per env-step slot (each observation leaf once, plus action/reward/flag)."""
+        return int(sum(v.itemsize * int(np.prod(v.shape[2:])) for v in self.data.values()))
+
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes for v in self.data.values())) + (self.lengths.nbytes if self.data else 0)
+
+    def __len__(self) -> int:
+        return self.size
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def get_state(self, include_data: bool = False) -> dict:
+        state = {
+            "pos": self.pos, "size": self.size, "episodes_added": self.episodes_added,
+            "steps_added": self.steps_added, "rng": self.rng.bit_generator.state,
+        }
+        if include_data and self.data:
+            state.update(data=self.data, lengths=self.lengths, max_len=self.max_len, obs_keys=self.obs_keys)
+        return state
+
+    def set_state(self, state: dict) -> None:
+        self.pos, self.episodes_added = state["pos"], state["episodes_added"]
+        self.steps_added = state.get("steps_added", 0)
+        self.rng.bit_generator.state = state["rng"]
+        if "data" in state:
+            self.data, self.lengths = state["data"], state["lengths"]
+            self.max_len, self.obs_keys = state["max_len"], state["obs_keys"]
+            self.size = state["size"]
+        else:  # contents not checkpointed: the buffer refills from fresh episodes
+            self.size = 0 if not self.data else min(self.size, self.capacity)

@@ -1,0 +1,66 @@
+"""The recurrent agent network shared by all agents (PyMARL's ``RNNAgent``).
+
+``fc(input -> hidden) + ReLU -> GRUCell(hidden) -> fc(hidden -> n_actions)``. The input of agent ``i`` at
+step ``t`` is its own observation, optionally the one-hot of its previous action and the one-hot of its id
+(:func:`agent_inputs` builds it); the hidden state is carried through the episode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RNNAgent(nn.Module):
+    """Per-agent Q network with a GRU cell; agents share weights and are told apart by their id input."""
+
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, n_actions)
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs [N, input_dim]``, ``hidden [N, H]`` -> ``(q [N, n_actions], hidden [N, H])``."""
+        x = F.relu(self.fc1(inputs))
+        h = self.rnn(x, hidden)
+        return self.fc2(h), h
+
+
+def agent_input_dim(obs_dim: int, n_agents: int, n_actions: int, last_action: bool, agent_id: bool) -> int:
+    return obs_dim + (n_actions if last_action else 0) + (n_agents if agent_id else 0)
+
+
+def agent_inputs(
+    obs: torch.Tensor,
+    prev_actions: torch.Tensor | None,
+    n_actions: int,
+    last_action: bool,
+    agent_id: bool,
+) -> torch.Tensor:
+    """Build the agent network's input for one step.
+
+    Args:
+        obs: ``[B, n_agents, obs_dim]``.
+        prev_actions: ``[B, n_agents]`` integer-valued previous actions; ``None`` or a negative value
+            means "no previous action" (first step) and gives a zero one-hot.
+        n_actions: size of each agent's action set.
+        last_action: append the one-hot of the previous action (zeros at the first step).
+        agent_id: append the one-hot of the agent's index.
+
+    Returns:
+        ``[B, n_agents, input_dim]``.
+    """
+    b, n, _ = obs.shape
+    parts = [obs]
+    if last_action:
+        if prev_actions is None:
+            parts.append(obs.new_zeros(b, n, n_actions))
+        else:
+            shifted = (prev_actions.long() + 1).clamp(min=0)  # -1 -> class 0, dropped below
+            parts.append(F.one_hot(shifted, n_actions + 1)[..., 1:].to(obs.dtype))
+    if agent_id:
+        parts.append(torch.eye(n, dtype=obs.dtype, device=obs.device).expand(b, n, n))
+    return torch.cat(parts, dim=-1)

@@ -1,0 +1,207 @@
+"""The RLModule of value-decomposition learners (QMIX, VDN) on the marlx team view.
+
+Observation: the team env's Dict ``{obs [n, d], state [S], avail [n, A], (positions)}``; action: the joint
+``MultiDiscrete([A] * n)``. The module returns ``Columns.ACTIONS`` directly (no action distribution).
+
+Where things run:
+
+* env runners (``inference_only``): only the shared :class:`~marlx.modules.agent.RNNAgent`. One forward
+  pass covers all envs x agents of a runner. The recurrent state is ``{"h": [n, H], "prev_actions": [n]}``
+  (RLlib adds the batch axis): the previous joint action travels in the state so that the last-action input
+  needs nothing from the episode.
+  ``forward_exploration(batch, t=lifetime env steps)`` is epsilon-greedy over available actions with
+  PyMARL's linear schedule; ``forward_inference`` is greedy (RLlib calls it when ``explore=False``).
+* learner: the agent, the mixer and target copies of both. ``forward_train`` unrolls the agent network
+  over whole padded episodes ``[B, T+1, ...]`` for the online and the target network; the learner mixes.
+
+Extension points (override in a subclass):
+
+* :meth:`build_agent_inputs` — what an agent sees (e.g. FoX appends formation features);
+* :meth:`setup_extra` — extra heads built next to the agent (e.g. FoX's formation head);
+* :meth:`agent_q_values` / :meth:`unroll` — per-agent Q values for one step / a whole sequence
+  (WALL reads them at action time), :meth:`mix` / :meth:`target_mix` — the (target) mixer;
+* set ``model_config["mixer_on_runners"] = True`` to keep the mixer on env runners (WALL's attack needs it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from marlx.modules.agent import RNNAgent, agent_input_dim, agent_inputs
+from marlx.modules.mixers import make_mixer
+
+HIDDEN, PREV_ACTIONS = "h", "prev_actions"
+Q_VALUES, TARGET_Q_VALUES = "q_values", "target_q_values"
+
+#: PyMARL defaults of the module's model_config keys (QMIXConfig fills them from its attributes).
+MODEL_DEFAULTS: dict[str, Any] = {
+    "rnn_hidden_dim": 64,
+    "obs_last_action": True,
+    "obs_agent_id": True,
+    "mixer": "qmix",
+    "mixing_embed_dim": 32,
+    "hypernet_layers": 2,
+    "hypernet_embed": 64,
+    "epsilon_start": 1.0,
+    "epsilon_finish": 0.05,
+    "epsilon_anneal_time": 50_000,
+    "mixer_on_runners": False,
+}
+
+
+def linear_epsilon(t: int | float, start: float, finish: float, anneal_time: int) -> float:
+    """PyMARL's linear epsilon schedule: ``start`` -> ``finish`` over ``anneal_time`` env steps."""
+    if anneal_time <= 0:
+        return finish
+    frac = min(max(float(t), 0.0) / anneal_time, 1.0)
+    return start + frac * (finish - start)
+
+
+def masked_greedy(q: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """Argmax over available actions (``avail`` > 0) of ``q [..., A]``."""
+    return q.masked_fill(avail <= 0, float("-inf")).argmax(dim=-1)
+
+
+def random_available(avail: torch.Tensor) -> torch.Tensor:
+    """One uniformly random available action per row of ``avail [..., A]``."""
+    return (torch.rand_like(avail) * (avail > 0)).argmax(dim=-1)
+
+
+class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
+    """Shared recurrent agent + mixer (+ targets) for QMIX/VDN on a team env."""
+
+    def setup(self) -> None:
+        cfg = {**MODEL_DEFAULTS, **(self.model_config or {})}
+        self.cfg = cfg
+        spaces = self.observation_space.spaces
+        self.n_agents, self.obs_dim = spaces["obs"].shape
+        self.state_dim = int(spaces["state"].shape[0])
+        self.n_actions = int(self.action_space.nvec[0])
+        self.hidden_dim = int(cfg["rnn_hidden_dim"])
+        self.agent = RNNAgent(self.agent_input_dim(), self.n_actions, self.hidden_dim)
+        self.setup_extra()
+        self._has_mixer = not self.inference_only or bool(cfg["mixer_on_runners"])
+        if self._has_mixer:
+            self.mixer = make_mixer(
+                cfg["mixer"], self.n_agents, self.state_dim, cfg["mixing_embed_dim"],
+                cfg["hypernet_layers"], cfg["hypernet_embed"],
+            )
+        if not self.inference_only:
+            self.make_target_networks()
+
+    # -- extension points ---------------------------------------------------------------------
+    def setup_extra(self) -> None:
+        """Build extra heads (called after the agent network, before the mixer)."""
+
+    def agent_input_dim(self) -> int:
+        return agent_input_dim(self.obs_dim, self.n_agents, self.n_actions,
+                               self.cfg["obs_last_action"], self.cfg["obs_agent_id"])
+
+    def build_agent_inputs(self, obs: dict, prev_actions: torch.Tensor | None) -> torch.Tensor:
+        """``obs``: the team observation leaves of ONE step (``obs [B, n, d]`` etc.) -> ``[B, n, in]``."""
+        return agent_inputs(obs["obs"], prev_actions, self.n_actions,
+                            self.cfg["obs_last_action"], self.cfg["obs_agent_id"])
+
+    def agent_q_values(self, obs: dict, prev_actions, hidden: torch.Tensor, target: bool = False):
+        """One step of the (target) agent network for all agents: ``-> (q [B, n, A], hidden [B, n, H])``."""
+        net = self.target_agent if target else self.agent
+        x = self.build_agent_inputs(obs, prev_actions)
+        b = x.shape[0]
+        q, h = net(x.reshape(b * self.n_agents, -1), hidden.reshape(b * self.n_agents, -1))
+        return q.view(b, self.n_agents, -1), h.view(b, self.n_agents, -1)
+
+    def unroll(self, obs: dict, actions: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Q values of every step of whole episodes from a zero hidden state.
+
+        Args:
+            obs: team observation leaves ``[B, T+1, ...]``.
+            actions: the joint actions taken ``[B, T, n]`` (previous-action inputs).
+            target: use the target agent network.
+
+        Returns:
+            ``[B, T+1, n, A]``.
+        """
+        steps = obs["obs"].shape[1]
+        b = obs["obs"].shape[0]
+        h = obs["obs"].new_zeros(b, self.n_agents, self.hidden_dim)
+        out = []
+        for t in range(steps):
+            step_obs = {k: v[:, t] for k, v in obs.items()}
+            prev = actions[:, t - 1] if t > 0 else None
+            q, h = self.agent_q_values(step_obs, prev, h, target=target)
+            out.append(q)
+        return torch.stack(out, dim=1)
+
+    def mix(self, chosen_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``Q_tot`` of the online mixer: ``[..., n]``, ``[..., S]`` -> ``[...]``."""
+        return self.mixer(chosen_qs, states)
+
+    def target_mix(self, chosen_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        return self.target_mixer(chosen_qs, states)
+
+    # -- RLModule API -------------------------------------------------------------------------
+    def get_initial_state(self) -> dict:
+        return {
+            HIDDEN: torch.zeros(self.n_agents, self.hidden_dim),
+            # -1: no previous action (the first step's last-action input is all zeros, as in PyMARL)
+            PREV_ACTIONS: torch.full((self.n_agents,), -1.0),
+        }
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One sampling step: ``(q [B, n, A], avail [B, n, A], state_out)``."""
+        obs = {k: v[:, 0] for k, v in batch[Columns.OBS].items()}  # drop the time axis of 1
+        state = batch[Columns.STATE_IN]
+        q, h = self.agent_q_values(obs, state[PREV_ACTIONS], state[HIDDEN])
+        return q, obs["avail"], {HIDDEN: h}
+
+    def _act(self, batch: dict, epsilon: float) -> dict:
+        q, avail, state_out = self._step(batch)
+        actions = masked_greedy(q, avail)
+        if epsilon > 0:
+            explore = torch.rand(actions.shape, device=q.device) < epsilon
+            actions = torch.where(explore, random_available(avail), actions)
+        state_out[PREV_ACTIONS] = actions.to(torch.float32)
+        return {Columns.ACTIONS: actions.unsqueeze(1), Columns.STATE_OUT: state_out}
+
+    def _forward_inference(self, batch: dict, **kwargs) -> dict:
+        return self._act(batch, 0.0)
+
+    def _forward_exploration(self, batch: dict, t: int = 0, **kwargs) -> dict:
+        return self._act(batch, self.epsilon(t))
+
+    def epsilon(self, t: int | float) -> float:
+        c = self.cfg
+        return linear_epsilon(t, c["epsilon_start"], c["epsilon_finish"], c["epsilon_anneal_time"])
+
+    def _forward_train(self, batch: dict, **kwargs) -> dict:
+        """Online and target Q values of whole padded episodes (the learner's batch layout)."""
+        obs = self.team_obs(batch)
+        out = {Q_VALUES: self.unroll(obs, batch[Columns.ACTIONS])}
+        with torch.no_grad():
+            out[TARGET_Q_VALUES] = self.unroll(obs, batch[Columns.ACTIONS], target=True)
+        return out
+
+    def team_obs(self, batch: dict) -> dict:
+        """The team observation leaves of a learner batch (keys of the observation space)."""
+        return {k: batch[k] for k in self.observation_space.spaces if k in batch}
+
+    # -- target networks ----------------------------------------------------------------------
+    def make_target_networks(self) -> None:
+        self.target_agent = make_target_network(self.agent)
+        self.target_mixer = make_target_network(self.mixer)
+
+    def get_target_network_pairs(self):
+        return [(self.agent, self.target_agent), (self.mixer, self.target_mixer)]
+
+    def forward_target(self, batch: dict) -> dict:
+        return {TARGET_Q_VALUES: self.unroll(self.team_obs(batch), batch[Columns.ACTIONS], target=True)}
+
+    def get_non_inference_attributes(self) -> list[str]:
+        attrs = ["target_agent", "target_mixer"]
+        return attrs if self.cfg.get("mixer_on_runners") else ["mixer", *attrs]
