@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Callable
 
 
@@ -13,6 +14,8 @@ def prepare_process() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    # gymnasium's env checker warns about envs of RLlib's registry that marlx never runs
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"gymnasium\..*")
     import torch
 
     torch.set_num_threads(1)
@@ -49,9 +52,12 @@ def parse_json_arg(value: str | None, flag: str) -> dict:
 def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None) -> int:
     """Validate every experiment first (no Ray started on bad input), then run them in order."""
     from marlx.cli.experiment import parse_experiments
-    from marlx.cli.runner import init_ray, run_experiment
+    from marlx.cli.runner import check_resumable, init_ray, run_experiment
 
     experiments = parse_experiments(data, source=source, storage_path=storage_path)
+    if resume:
+        for exp in experiments:
+            check_resumable(exp)
     init_ray(address)
     for exp in experiments:
         run_experiment(exp, resume=resume)

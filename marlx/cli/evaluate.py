@@ -74,7 +74,7 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
         evaluation_num_env_runners=0,
         evaluation_duration=int(episodes),
         evaluation_duration_unit="episodes",
-        evaluation_config={"explore": explore},
+        evaluation_config={"explore": explore, "num_envs_per_env_runner": 1},
     )
     algorithm = config.build_algo()
     try:

@@ -27,6 +27,11 @@ def init_ray(address: str | None = None) -> None:
             ) from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Env and algorithm names must be in Tune's registry (it is shared with the workers through Ray).
+    import marlx.envs.registry  # noqa: F401
+    from marlx.algorithms import register_algorithms
+
+    register_algorithms()
 
 
 def _get(result: dict, path: str, default=float("nan")):
@@ -78,6 +83,14 @@ def experiment_dir(exp: Experiment) -> str:
     return os.path.join(exp.storage_path, exp.name)
 
 
+def check_resumable(exp: Experiment) -> None:
+    from ray import tune
+
+    path = experiment_dir(exp)
+    if not tune.Tuner.can_restore(path):
+        raise MarlxError(f"nothing to resume in {path}: no interrupted run of {exp.name!r} there; run without --resume")
+
+
 def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
     """Train ``exp`` with Ray Tune; returns Tune's ResultGrid. ``resume`` continues an interrupted run."""
     from ray import tune
@@ -87,8 +100,7 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
     path = experiment_dir(exp)
     callbacks = [_progress_callback()] if verbose else []
     if resume:
-        if not tune.Tuner.can_restore(path):
-            raise MarlxError(f"nothing to resume in {path}: no interrupted run of {exp.name!r} there; run without --resume")
+        check_resumable(exp)
         print(f"resuming {exp.name} from {path}", flush=True)
         tuner = tune.Tuner.restore(
             path, trainable=exp.algo_class, resume_unfinished=True, resume_errored=True,

@@ -1,0 +1,175 @@
+"""The `rllib` and `marlx` commands: bad input gives one clear line and exit code 2 before Ray starts;
+a YAML experiment trains end to end, writes checkpoints and TensorBoard events, evaluates, and resumes."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from marlx.cli import marlx_cmd, rllib_cmd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+TINY_PPO = {
+    "env_config": {"size": 4, "box_start_row": 1, "episode_limit": 20},
+    "num_env_runners": 0,
+    "train_batch_size": 200,
+    "minibatch_size": 100,
+    "num_epochs": 1,
+    "seed": 0,
+}
+
+
+def write_yaml(tmp_path, block, name="exp"):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({name: block}))
+    return str(path)
+
+
+def run_cli(*args, timeout=400):
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+# -- bad input: one line, exit 2, no traceback -------------------------------------------------------
+
+def error_of(main, argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_unknown_algorithm_lists_valid_names(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "QMXI", "env": "builtin/push_box"})
+    err = error_of(rllib_cmd.main, ["train", "file", f], capsys)
+    assert "unknown algorithm 'QMXI'" in err and "PPO" in err
+
+
+def test_unknown_env_lists_valid_names(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_bx"})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "unknown env 'builtin/push_bx'" in err and "builtin/push_box" in err
+
+
+def test_wrong_config_key_names_close_matches(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "config": {"train_bach_size": 100}})
+    err = error_of(rllib_cmd.main, ["train", "file", f], capsys)
+    assert "'train_bach_size'" in err and "train_batch_size" in err
+
+
+def test_wrong_experiment_key(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "stpo": {}})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "'stpo'" in err and "stop" in err
+
+
+def test_wrong_env_config_key(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "config": {"env_config": {"sise": 4}}})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "'sise'" in err and "size" in err
+
+
+def test_missing_optional_dependency_prints_install_command(tmp_path, capsys, monkeypatch):
+    from marlx.envs import registry
+
+    spec = registry.EnvSpec("test/needs_missing", "marlx.envs.builtin.push_box:PushBoxEnv",
+                            requires=("marlx_no_such_module",), install="pip install marlx-no-such-module")
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    f = write_yaml(tmp_path, {"run": "PPO", "env": spec.name})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "pip install marlx-no-such-module" in err
+
+
+def test_not_a_checkpoint(tmp_path, capsys):
+    err = error_of(rllib_cmd.main, ["evaluate", str(tmp_path)], capsys)
+    assert "not an RLlib checkpoint" in err
+    err = error_of(marlx_cmd.main, ["evaluate", str(tmp_path / "nope")], capsys)
+    assert "does not exist" in err
+
+
+def test_bad_json_flag(capsys):
+    err = error_of(rllib_cmd.main, ["train", "--algo", "PPO", "--env", "builtin/push_box", "--config", "{lr: 1"], capsys)
+    assert "--config must be a JSON object" in err
+
+
+def test_resume_without_a_run(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "config": TINY_PPO,
+                              "storage_path": str(tmp_path / "runs")})
+    err = error_of(marlx_cmd.main, ["train", f, "--resume"], capsys)
+    assert "nothing to resume" in err
+
+
+def test_marlx_envs_lists_names_and_install_state(capsys):
+    assert marlx_cmd.main(["envs"]) == 0
+    out = capsys.readouterr().out
+    assert "builtin/push_box" in out and "builtin/predator_prey" in out and "mpe/simple_spread" in out
+    assert "installed" in out
+
+
+# -- end to end through the console scripts ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_rllib_train_file_checkpoint_tensorboard_and_evaluate(tmp_path):
+    runs = tmp_path / "runs"
+    f = write_yaml(tmp_path, {
+        "run": "PPO", "env": "builtin/push_box", "stop": {"training_iteration": 2},
+        "checkpoint_config": {"checkpoint_frequency": 1, "checkpoint_at_end": True},
+        "config": TINY_PPO,
+    }, name="e2e")
+    res = run_cli(os.path.join(BIN, "rllib"), "train", "file", f, "--storage-path", str(runs))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "iter    2 | env steps" in res.stdout
+    assert glob.glob(str(runs / "e2e" / "*" / "checkpoint_*"))
+    events = glob.glob(str(runs / "e2e" / "*" / "events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(events[0])
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert any("episode_return_mean" in t for t in tags) and any("success_rate" in t for t in tags)
+
+    res = run_cli(os.path.join(BIN, "rllib"), "evaluate", str(runs / "e2e"), "--episodes", "3", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["algorithm"] == "PPO" and result["episodes"] == 3 and result["length_mean"] > 0
+
+    res = run_cli(os.path.join(BIN, "marlx"), "evaluate", str(runs / "e2e"), "--algo", "DQN")
+    assert res.returncode == 2 and "written by PPO, not DQN" in res.stderr
+
+
+@pytest.mark.slow
+def test_marlx_train_resume_continues_interrupted_run(tmp_path):
+    runs = tmp_path / "runs"
+    f = write_yaml(tmp_path, {
+        "run": "PPO", "env": "builtin/push_box", "stop": {"training_iteration": 6},
+        "checkpoint_config": {"checkpoint_frequency": 1, "checkpoint_at_end": True},
+        "config": TINY_PPO, "storage_path": str(runs),
+    }, name="resumable")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([os.path.join(BIN, "marlx"), "train", f], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(glob.glob(str(runs / "resumable" / "*" / "checkpoint_*"))) < 2:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    trial_dir = glob.glob(str(runs / "resumable" / "*" / "checkpoint_*"))[0].rsplit("/", 1)[0]
+    with open(os.path.join(trial_dir, "result.json")) as fh:
+        done_before = [json.loads(line)["training_iteration"] for line in fh if line.strip()]
+    assert 2 <= max(done_before) < 6, done_before
+
+    res = run_cli(os.path.join(BIN, "marlx"), "train", f, "--resume")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resuming resumable" in res.stdout
+    iters = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("iter ")]
+    assert iters and iters[0] > 1 and iters[-1] == 6, iters  # continued, not restarted
