@@ -152,5 +152,14 @@ def _builtin_specs() -> list[EnvSpec]:
     ]
 
 
-for _spec in _builtin_specs():
+def _benchmark_specs() -> list[EnvSpec]:
+    """GRF, SMAX and SMAC names; those modules import their simulators only when an env is made."""
+    from marlx.envs.grf import grf_specs
+    from marlx.envs.smac import smac_specs
+    from marlx.envs.smax import smax_specs
+
+    return [*grf_specs(), *smax_specs(), *smac_specs()]
+
+
+for _spec in [*_builtin_specs(), *_benchmark_specs()]:
     register_env(_spec)
