@@ -264,7 +264,7 @@ def test_standalone_dynamic_rank_training(digits):
 def test_data_parallel_equals_single_process(ray_session, digits):
     tr, te = digits
     model_fn = lambda: mlp(64, 10, hidden=64)  # noqa: E731
-    cfg = TrainerConfig(epochs=3, batch_size=64, lr=0.05, weight_decay=1e-4)
+    cfg = TrainerConfig(epochs=3, batch_size=128, lr=0.05, weight_decay=1e-4)
     low = LowRankConfig(rank_ratio=0.25, boundaries=(1, 2))  # switches twice: full, then adapter
     single = train(model_fn, tr, te, cfg, low)
     dp = train_data_parallel(model_fn, tr, te, cfg, low, num_workers=2)
@@ -287,12 +287,12 @@ def test_rllib_ppo_trains_across_switches_and_checkpoint_restores_form(ray_sessi
         PPOConfig()
         .environment("CartPole-v1")
         .env_runners(num_env_runners=1)
-        .training(train_batch_size=256, minibatch_size=64, num_epochs=2, lr=3e-4)
+        .training(train_batch_size=128, minibatch_size=64, num_epochs=1, lr=3e-4)
         .rl_module(model_config={"fcnet_hiddens": [64, 64]})
         .debugging(seed=0)
     )
-    # iterations 1-2 low rank, 3-4 full rank, 5.. low rank again through the adapter (the reference deflation)
-    apply_optim(cfg, {"lowrank": {"rank_ratio": 0.25, "min_rank": 4, "boundaries": [2, 4]}})
+    # iterations 1-2 low rank, 3 full rank, 4.. low rank again through the adapter (the reference deflation)
+    apply_optim(cfg, {"lowrank": {"rank_ratio": 0.25, "min_rank": 4, "boundaries": [2, 3]}})
     algo = cfg.build_algo()
     learner = algo.learner_group._learner
     module = learner.module["default_policy"]
@@ -305,7 +305,7 @@ def test_rllib_ppo_trains_across_switches_and_checkpoint_restores_form(ray_sessi
         with torch.no_grad():
             return runner.module.forward_inference({"obs": obs})["action_dist_inputs"].numpy()
 
-    expected = ["lowrank", "full", "full", "adapter", "adapter"]  # the form after iterations 1..5
+    expected = ["lowrank", "full", "adapter", "adapter"]  # the form after iterations 1..4
     ckpt = None
     for it, form in enumerate(expected, start=1):
         before = {n: p.detach().clone() for n, p in actor.named_parameters()}
@@ -327,7 +327,7 @@ def test_rllib_ppo_trains_across_switches_and_checkpoint_restores_form(ray_sessi
         erank = result["learners"]["default_policy"]["lowrank_erank"]
         assert 1.0 <= erank["encoder.actor_encoder.net.mlp.2"] <= 64.0
         assert np.isfinite(result["learners"]["default_policy"]["total_loss"])
-        assert result["env_runners"]["num_env_steps_sampled"] >= 256
+        assert result["env_runners"]["num_env_steps_sampled"] >= 128
         if form == "full" and ckpt is None:
             ckpt = str(tmp_path / "ckpt")
             algo.save_to_path(ckpt)
@@ -342,8 +342,8 @@ def test_rllib_ppo_trains_across_switches_and_checkpoint_restores_form(ray_sessi
     with torch.no_grad():
         out = r_learner.module["default_policy"].forward_inference({"obs": obs})["action_dist_inputs"].numpy()
     np.testing.assert_allclose(out, saved_ref, atol=1e-6)
-    restored.train()  # iteration 3: full
-    assert r_actor.form == "full"
-    restored.train()  # iteration 4, then the schedule deflates
-    assert r_actor.form == "adapter" and r_learner._optim_hooks[0].controller.units_done == 4
+    dense_before = r_actor.dense_weight.detach().clone()
+    restored.train()  # iteration 3 trains the restored dense form, then the schedule deflates
+    assert not torch.equal(r_actor.dense_weight, dense_before)
+    assert r_actor.form == "adapter" and r_learner._optim_hooks[0].controller.units_done == 3
     restored.stop()

@@ -24,10 +24,10 @@ from marlx.optim.lowrank.schedule import (
     LowRankConfig,
     RankSchedule,
 )
-from marlx.optim.lowrank.trainer import TrainerConfig, TrainResult, train, train_data_parallel
+from marlx.optim.lowrank.trainer import TrainerConfig, TrainResult, iter_train, train, train_data_parallel
 
 __all__ = [
     "DynamicRankConv2d", "DynamicRankLayer", "DynamicRankLinear", "DynamicRankController", "EffectiveRankMonitor",
     "LowRankConfig", "LowRankHook", "RankSchedule", "TrainResult", "TrainerConfig", "convert_to_lowrank",
-    "dynamic_rank_layers", "effective_rank", "switch_form", "train", "train_data_parallel",
+    "dynamic_rank_layers", "effective_rank", "iter_train", "switch_form", "train", "train_data_parallel",
 ]

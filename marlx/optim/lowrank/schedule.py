@@ -171,13 +171,18 @@ class DynamicRankController:
         return self.config.schedule.form_at(self.units_done)
 
     def end_of_unit(self, models: dict[str, nn.Module], optimizers: list[torch.optim.Optimizer] = ()) -> dict:
-        """Count one unit; switch ``models`` (by name) if the next unit has another form.
+        """Count one unit; switch ``models`` (by name) if the next unit has another form; measure ranks
+        every ``monitor_every`` units.
 
         Returns ``{"switched": [layer names], "erank": {"<model>/<layer>": value}}`` (erank when measured).
         """
+        return {"switched": self.advance(models, optimizers), "erank": self.measure(models)}
+
+    def advance(self, models: dict[str, nn.Module], optimizers: list[torch.optim.Optimizer] = ()) -> list[str]:
+        """Count one unit and switch forms if the schedule says so; returns ``"<model>/<layer>"`` switched."""
         before = self.form
         self.units_done += 1
-        out: dict = {"switched": [], "erank": {}}
+        switched = []
         if self.form != before:
             gen = torch.Generator().manual_seed(self.config.seed + self.switches)
             self.switches += 1
@@ -185,13 +190,18 @@ class DynamicRankController:
                 gen_state = gen.get_state()
                 changed = switch_form(model, self.form, self.config.deflation, optimizers,
                                       self.config.reset_optimizer_state, gen)
-                out["switched"] += [f"{name}/{c}" for c in changed]
+                switched += [f"{name}/{c}" for c in changed]
                 gen.set_state(gen_state)  # same adapter init in every model (replicas stay identical)
+        return switched
+
+    def measure(self, models: dict[str, nn.Module]) -> dict[str, float]:
+        """Effective ranks (``"<model>/<layer>"``) if this unit is a monitoring one, else ``{}``."""
+        erank: dict[str, float] = {}
         if self.config.monitor_every and self.units_done % self.config.monitor_every == 0:
             for name, model in models.items():
-                out["erank"].update(self.monitor.measure(model, self.units_done, prefix=f"{name}/"))
+                erank.update(self.monitor.measure(model, self.units_done, prefix=f"{name}/"))
             self.monitor.scalar("lowrank/full_phase", float(self.form == "full"), self.units_done)
-        return out
+        return erank
 
     def state(self) -> dict:
         return {"units_done": self.units_done, "switches": self.switches}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -74,14 +74,15 @@ def _build(model_fn: Callable[[], nn.Module], cfg: TrainerConfig, lowrank: LowRa
     return model, opt, controller
 
 
-def train(
+def iter_train(
     model_fn: Callable[[], nn.Module],
     train_data: ArrayDataset,
     test_data: ArrayDataset,
     config: TrainerConfig | None = None,
     lowrank: LowRankConfig | None = None,
-) -> TrainResult:
-    """Train ``model_fn()`` on ``train_data`` in this process; evaluate on ``test_data`` after every epoch."""
+) -> Iterator[TrainResult]:
+    """:func:`train` one epoch at a time: yields the growing result after every epoch (lets a benchmark
+    interleave contestants epoch by epoch, so machine load hits them alike)."""
     cfg = config or TrainerConfig()
     model, opt, controller = _build(model_fn, cfg, lowrank)
     res = TrainResult(model=model)
@@ -100,13 +101,29 @@ def train(
             opt.step()
             total += loss.item() * len(idx)
         if controller:
-            controller.end_of_unit({"model": model}, [opt])
+            controller.advance({"model": model}, [opt])  # a switch's cost counts; monitoring does not
         res.epoch_seconds.append(time.perf_counter() - t0)
+        if controller:
+            controller.measure({"model": model})
+            res.erank = controller.monitor.history
         res.train_loss.append(total / len(order))
         res.test_accuracy.append(accuracy(model, test_data))
+        yield res
     if controller:
-        res.erank = controller.monitor.history
         controller.monitor.close()
+
+
+def train(
+    model_fn: Callable[[], nn.Module],
+    train_data: ArrayDataset,
+    test_data: ArrayDataset,
+    config: TrainerConfig | None = None,
+    lowrank: LowRankConfig | None = None,
+) -> TrainResult:
+    """Train ``model_fn()`` on ``train_data`` in this process; evaluate on ``test_data`` after every epoch."""
+    res = TrainResult()
+    for res in iter_train(model_fn, train_data, test_data, config, lowrank):
+        pass
     return res
 
 
@@ -126,8 +143,10 @@ class _Worker:
         self.order = _epoch_order(len(self.data), self.cfg.seed, epoch)
         return (len(self.order) + self.cfg.batch_size - 1) // self.cfg.batch_size
 
-    def gradients(self, step: int):
-        """This replica's share of global batch ``step``: gradients scaled by its share, loss sum."""
+    def step(self, step: int, grads=None):
+        """Apply the summed gradients of the previous step (if any), then return this replica's share of
+        global batch ``step``: its gradients scaled by its share of the batch, and its loss sum."""
+        self._apply(grads)
         batch = self.order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
         idx = torch.from_numpy(batch[self.rank :: self.world])
         self.opt.zero_grad(set_to_none=True)
@@ -137,23 +156,26 @@ class _Worker:
         (loss / len(batch)).backward()
         return [None if p.grad is None else p.grad.numpy() for p in self.params], loss.item()
 
-    def apply(self, grads) -> None:
+    def _apply(self, grads) -> None:
+        if grads is None:
+            return
         for p, g in zip(self.params, grads):
             p.grad = None if g is None else torch.from_numpy(g)
         self.opt.step()
 
-    def end_epoch(self) -> None:
-        if self.controller:
-            self.controller.end_of_unit({"model": self.model}, [self.opt])
-
-    def buffers(self) -> dict:
+    def finish_epoch(self, grads) -> dict:
+        """Apply the last step; return the float buffers (BatchNorm statistics) for averaging."""
+        self._apply(grads)
         return {n: b.numpy() for n, b in self.model.named_buffers() if b.is_floating_point()}
 
-    def set_buffers(self, buffers: dict) -> None:
+    def end_epoch(self, buffers: dict) -> None:
+        """Take the averaged buffers, then switch forms if the schedule says so."""
         with torch.no_grad():
             for n, b in self.model.named_buffers():
                 if n in buffers:
                     b.copy_(torch.from_numpy(buffers[n]))
+        if self.controller:
+            self.controller.advance({"model": self.model}, [self.opt])
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
@@ -201,22 +223,19 @@ def train_data_parallel(
             res.forms.append(controller.form if controller else "dense")
             t0 = time.perf_counter()
             steps = ray.get([w.begin_epoch.remote(epoch) for w in workers])[0]
-            total = 0.0
-            for step in range(steps):
-                parts = ray.get([w.gradients.remote(step) for w in workers])
+            total, grads = 0.0, None
+            for step in range(steps):  # one round trip per step: apply the previous sum, compute the next
+                parts = ray.get([w.step.remote(step, grads) for w in workers])
                 total += sum(p[1] for p in parts)
                 grads = ray.put(_sum_grads([p[0] for p in parts]))
-                ray.get([w.apply.remote(grads) for w in workers])
-            if any(True for _ in model.buffers()):
-                bufs = ray.get([w.buffers.remote() for w in workers])
-                mean = {k: np.mean([b[k] for b in bufs], axis=0) for k in bufs[0]}
-                ray.get([w.set_buffers.remote(mean) for w in workers])
-            ray.get([w.end_epoch.remote() for w in workers])
+            bufs = ray.get([w.finish_epoch.remote(grads) for w in workers])
+            mean = {k: np.mean([b[k] for b in bufs], axis=0) for k in bufs[0]}
+            ray.get([w.end_epoch.remote(mean) for w in workers])
             res.epoch_seconds.append(time.perf_counter() - t0)
             model.load_state_dict(ray.get(workers[0].state_dict.remote()))
             if controller:
-                controller.units_done += 1
-                controller.monitor.measure(model, controller.units_done, prefix="model/")
+                controller.advance({})  # count only: the form came with the state dict
+                controller.measure({"model": model})
             res.train_loss.append(total / len(train_data))
             res.test_accuracy.append(accuracy(model, test_data))
     finally:
