@@ -106,7 +106,8 @@ class _SMAXCore:
     within the same call: ``next_state``/``next_view`` are then the new episode's start. With
     ``restart`` the step is discarded and ``view`` is the new episode's first view, so a seeded reset
     needs no jitted function of its own (each compile costs 10-40 s on a busy 2-core machine).
-    ``step_batched`` is the same function ``vmap``-ed over envs.
+    ``step_batched(keys, states, views, actions, restart, pending)`` is the same step ``vmap``-ed over
+    envs, where a ``pending`` env (its episode ended in the last call) only shows its new episode.
     """
 
     def __init__(self, map_name: str, env_kwargs: dict):
@@ -172,11 +173,19 @@ class _SMAXCore:
             sparse = (bonus * (won.astype(jnp.float32) - lost.astype(jnp.float32))).astype(jnp.float32)
             return key, next_state, out_view, next_view, dense, sparse, terminated, truncated, won
 
-        # A state of the right structure for `restart` calls (its values are never used).
-        shapes = jax.eval_shape(lambda k: reset(k)[0], jax.random.PRNGKey(0))
-        self.blank_state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        def step_or_wait(key, state, view, actions, restart, pending):
+            # Batched NEXT_STEP auto-reset: an env whose episode ended in the last call already
+            # holds its new episode (state, view); this call only shows it, with reward 0.
+            out = step(key, state, actions, restart)
+            zero_f, zero_b = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.bool_)
+            waiting = (key, state, view, view, zero_f, zero_f, zero_b, zero_b, zero_b)
+            return jax.tree.map(lambda w, o: jnp.where(pending, w, o), waiting, out)
+
+        # A state and view of the right structure for `restart` calls (their values are never used).
+        shapes = jax.eval_shape(reset, jax.random.PRNGKey(0))
+        self.blank_state, self.blank_view = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         self.step = jax.jit(step)
-        self.step_batched = jax.jit(jax.vmap(step))
+        self.step_batched = jax.jit(jax.vmap(step_or_wait))
 
 
 _CORES: dict = {}
@@ -276,8 +285,10 @@ class SMAXVectorTeamEnv(gym.vector.VectorEnv):
 
     Observations are the team dicts of :class:`SMAXTeamEnv` with a leading ``num_envs`` axis.
     Auto-reset follows gymnasium's NEXT_STEP mode (the one RLlib's ``SingleAgentEnvRunner`` expects):
-    the step after an episode ended returns that env's new first observation, with reward 0 and
-    its action ignored; the call that does it steps all other envs as usual.
+    the step after an episode ended returns that env's new first observation, with reward 0 and its
+    action ignored (the new episode was computed by the call that ended the old one). Seeding as in
+    gymnasium's vector envs: ``seed=s`` seeds env ``i`` with ``s + i``; env ``i`` then plays exactly
+    the episodes of ``SMAXTeamEnv.reset(seed=s + i)`` for the same actions.
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -288,7 +299,6 @@ class SMAXVectorTeamEnv(gym.vector.VectorEnv):
         self.map_name, self.reward_mode = map_name, reward
         self.num_envs = int(num_envs)
         self.n_agents = core.n_allies
-        jnp = core.jax.numpy
         spaces = {
             OBS: gym.spaces.Box(-np.inf, np.inf, (core.n_allies, core.obs_dim), np.float32),
             STATE: gym.spaces.Box(-np.inf, np.inf, (core.state_dim,), np.float32),
@@ -299,35 +309,37 @@ class SMAXVectorTeamEnv(gym.vector.VectorEnv):
         self.single_action_space = gym.spaces.MultiDiscrete([core.n_actions] * core.n_allies)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
-        self._blank = core.jax.tree.map(
-            lambda x: jnp.broadcast_to(x, (self.num_envs, *x.shape)), core.blank_state
+        jnp = core.jax.numpy
+        self._blank_state, self._blank_view = core.jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (self.num_envs, *x.shape)), (core.blank_state, core.blank_view)
         )
-        self._keys = self._states = self._pending = None
-        self._np_random = None
+        self._rngs: list[np.random.Generator] | None = None
+        self._keys = self._states = self._views = self._pending = None
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         jax = self.core.jax
-        if seed is not None or self._np_random is None:
-            base = seed[0] if isinstance(seed, (list, tuple)) else seed
-            self._np_random = np.random.default_rng(base)
-        raw = self._np_random.integers(2**31 - 1, size=self.num_envs)
-        keys = jax.vmap(jax.random.PRNGKey)(jax.numpy.asarray(raw, jax.numpy.uint32))
-        restart = np.ones(self.num_envs, bool)
+        if seed is not None:
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed + i for i in range(self.num_envs)]
+            self._rngs = [np.random.default_rng(s) for s in seeds]
+        elif self._rngs is None:
+            self._rngs = [np.random.default_rng() for _ in range(self.num_envs)]
+        raw = np.array([int(rng.integers(2**31 - 1)) for rng in self._rngs], np.uint32)
+        keys = jax.vmap(jax.random.PRNGKey)(raw)
+        flags = np.ones(self.num_envs, bool)
         actions = np.zeros((self.num_envs, self.n_agents), np.int32)
-        out = self.core.step_batched(keys, self._blank, actions, restart)
-        self._keys, self._states = out[0], out[1]
-        self._pending = np.zeros(self.num_envs, bool)
-        zeros = np.zeros(self.num_envs, bool)
-        return self._team_obs(jax.device_get(out[2])), {"success": zeros, "_success": ~zeros}
+        out = self.core.step_batched(keys, self._blank_state, self._blank_view, actions, flags, ~flags)
+        self._keys, self._states, first, self._views = out[:4]
+        self._pending = ~flags
+        return self._team_obs(jax.device_get(first)), {"success": ~flags, "_success": flags}
 
     def step(self, actions):
         jax = self.core.jax
         actions = np.asarray(actions, np.int32).reshape(self.num_envs, self.n_agents)
-        out = self.core.step_batched(self._keys, self._states, actions, self._pending)
-        self._keys, self._states = out[0], out[1]
-        view, dense, sparse, term, trunc, won = jax.device_get((out[2], *out[4:]))
+        restart = np.zeros(self.num_envs, bool)
+        out = self.core.step_batched(self._keys, self._states, self._views, actions, restart, self._pending)
+        self._keys, self._states, view, self._views = out[:4]
+        view, dense, sparse, term, trunc, won = jax.device_get((view, *out[4:]))
         term, trunc, won = np.asarray(term), np.asarray(trunc), np.asarray(won)
-        # An env that ended now shows its new episode on the next call (NEXT_STEP auto-reset).
         self._pending = term | trunc
         reward = np.asarray(sparse if self.reward_mode == "sparse" else dense, np.float32)
         info = {"success": won, "_success": np.ones(self.num_envs, bool)}
