@@ -214,12 +214,17 @@ class LocalSGDWorker:
         return losses.detach().cpu()
 
     def _throttle(self, t0: float) -> float:
-        """Sleep so that the step takes ``slowdown`` times its compute time; returns the compute time."""
+        """Sleep so that a step takes ``slowdown`` times its compute time; returns the compute time.
+
+        The sleep uses the median of the last 20 compute times, so that a step delayed by other processes on
+        a shared machine does not multiply the delay.
+        """
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         compute = time.perf_counter() - t0
+        self._compute_times = (getattr(self, "_compute_times", []) + [compute])[-20:]
         if self.slowdown > 1:
-            time.sleep((self.slowdown - 1.0) * compute)
+            time.sleep((self.slowdown - 1.0) * float(np.median(self._compute_times)))
         return compute
 
     def measure(self, state: dict, probe_steps: int) -> float:
@@ -327,6 +332,8 @@ class LocalSGDTrainer:
         self.model = model_fn()
         self.rng = np.random.default_rng(self.cfg.seed)
         self.specs = [WorkerSpec(**{**vars(w), "name": w.name or f"w{i}"}) for i, w in enumerate(workers)]
+        self.steps: list[int] = []
+        self._plan: list[np.ndarray] = []
         self._data_ref = ray.put(train)
         self._spawn_count = 0
         self.actors: list = [self._spawn(spec) for spec in self.specs]
@@ -341,7 +348,6 @@ class LocalSGDTrainer:
         self.throughput = self._measure() if self.cfg.local_steps is None else None
         self.steps = self._steps_for(self.throughput)
         self.last_pool: dict[int, np.ndarray] = {}
-        self._plan: list[np.ndarray] = []
         self._round_in_pass = self._rounds_per_pass = 0
 
     # -- workers ---------------------------------------------------------------------------------------
@@ -356,26 +362,30 @@ class LocalSGDTrainer:
 
     def _gather(self, refs: list) -> list:
         """Results per worker; a worker whose actor died gives ``None`` and is replaced or dropped."""
+        return self._gather_some(list(self.actors), refs)
+
+    def _gather_some(self, actors: list, refs: list) -> list:
         import ray
 
         results, dead = [], []
-        for i, ref in enumerate(refs):
+        for pos, (actor, ref) in enumerate(zip(actors, refs)):
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:  # the actor died (killed, node lost, OOM)
+                i = self.actors.index(actor)
                 results.append(None)
-                dead.append(i)
+                dead.append((i, pos))
                 self.failures.append({"round": self.rounds, "worker": self.specs[i].name, "error": type(e).__name__})
-        for i in reversed(dead):
+        for i, pos in sorted(dead, reverse=True):
             if self.cfg.on_worker_failure == "replace":
                 self.actors[i] = self._spawn(self.specs[i])
-            else:
+            else:  # forget the worker: its share of the current pass is skipped
                 del self.actors[i], self.specs[i]
-                if i < len(getattr(self, "steps", [])):
-                    del self.steps[i]
-                results.pop(i)
+                for per_worker in (self.steps, self._plan):
+                    if i < len(per_worker):
+                        del per_worker[i]
+                results.pop(pos)
                 self._step_times = {}
-                self._plan = [p for j, p in enumerate(self._plan) if j != i] if self._plan else self._plan
         if not self.actors:
             raise MarlxError("local_sgd: every worker has died")
         return results
@@ -383,8 +393,12 @@ class LocalSGDTrainer:
     def _measure(self) -> list[float]:
         import ray
 
+        self._gather([a.ping.remote() for a in self.actors])  # all started (imports done) before timing any
         ref = ray.put(_cpu_state(self.model))
-        thr = self._gather([a.measure.remote(ref, self.cfg.probe_steps) for a in self.actors])
+        # one worker at a time, so that workers sharing a machine do not disturb each other's measurement
+        thr = []
+        for a in list(self.actors):
+            thr += self._gather_some([a], [a.measure.remote(ref, self.cfg.probe_steps)])
         return [t if t is not None else min(x for x in thr if x is not None) for t in thr]
 
     def _steps_for(self, throughput) -> list[int]:
