@@ -1,0 +1,1 @@
+"""FoX: formation-aware exploration on marlx's QMIX (Jo et al., AAAI 2024)."""
