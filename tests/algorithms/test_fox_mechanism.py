@@ -129,7 +129,7 @@ def test_awareness_bonus_larger_when_latent_carries_formation_information():
             vae.train_step(h, h.roll(1, 0), h.roll(2, 0), keys)
         b, log_q = vae.awareness_log_ratio(h, h.roll(1, 0), h.roll(2, 0), keys)
         results[informative] = b.mean().item()
-    assert results[True] > results[False] + 1e-3, results
+    assert results[True] > results[False] + 0.02, results
 
 
 def test_awareness_normaliser_ranges_and_running_scale():

@@ -116,3 +116,58 @@ def test_random_play_fails_at_default_size(env_cls):
             successes += info["success"]
             obs, _ = env.reset()
     assert successes / episodes < 0.05
+
+
+def _toward(pos, goal):
+    """The move (push_box action ids) that brings ``pos`` one step closer to ``goal``, x first."""
+    if pos[0] != goal[0]:
+        return RIGHT if goal[0] > pos[0] else LEFT
+    if pos[1] != goal[1]:
+        return DOWN if goal[1] > pos[1] else UP
+    return STAY
+
+
+def test_push_box_is_solvable_at_default_size_by_a_scripted_team():
+    """Both agents walk to the cell below the box (around it), then push up together every step."""
+    env = PushBoxEnv()
+    solved = 0
+    for seed in range(20):
+        env.reset(seed=seed)
+        for _ in range(env.episode_limit):
+            below = env.boxes[0] + [0, 1]
+            acts = []
+            for a in env.agents:
+                if np.array_equal(a, below):
+                    acts.append(UP)
+                elif a[1] <= env.boxes[0][1] and a[0] == env.boxes[0][0]:
+                    acts.append(RIGHT if a[0] + 1 < env.size else LEFT)  # step aside, do not walk into the box
+                elif a[1] <= env.boxes[0][1]:
+                    acts.append(DOWN)
+                else:
+                    acts.append(_toward(a, below))
+            _, _, te, tr, info = env.step(acts)
+            if te or tr:
+                break
+        solved += info["success"]
+    assert solved == 20
+
+
+def test_predator_prey_is_solvable_at_default_size_by_a_scripted_team():
+    """Pairs of predators chase the same prey and close in from two sides; far better than random play."""
+    env = PredatorPreyEnv()
+    solved = 0
+    for seed in range(40):
+        env.reset(seed=seed)
+        for _ in range(env.episode_limit):
+            target = env.prey[np.flatnonzero(env.alive)[0]]
+            sides = [target + [-1, 0], target + [1, 0], target + [0, -1], target + [0, 1]]
+            sides = [s for s in sides if (0 <= s).all() and (s < env.size).all()]
+            acts = []
+            for i, p in enumerate(env.preds):
+                goal = sides[i % len(sides)]
+                acts.append(_toward(p, goal))
+            _, _, te, tr, info = env.step(acts)
+            if te or tr:
+                break
+        solved += info["success"]
+    assert solved / 40 > 0.3

@@ -10,7 +10,7 @@ from the grid. The episode terminates with success when every box is delivered; 
 (``episode_limit``) truncates it. There is no other reward: the task is sparse.
 
 Agents may share cells. Moves off the grid are unavailable (masked in ``avail``; if taken anyway they
-leave the agent in place). Boxes start in the bottom row band ``box_start_rows`` away from the goal edge.
+leave the agent in place). Boxes start in row ``box_start_row`` at random columns away from the side edges.
 
 Actions: 0 stay, 1 up (y-1), 2 down (y+1), 3 left (x-1), 4 right (x+1).
 
@@ -40,8 +40,9 @@ class PushBoxEnv(TeamEnv):
         n_agents: number of agents.
         n_boxes: number of boxes.
         pushers_needed: agents that must push in the same direction for a box to move.
-        box_start_row: distance (in rows) of the boxes' start from the goal edge; ``None`` puts
-            them in the bottom row. More rows mean more joint pushes and a sparser task.
+        box_start_row: the boxes' start row, i.e. the number of joint pushes up to the goal edge;
+            ``None`` puts them in the second row from the bottom (the bottom row is excluded: nobody
+            could push a box up from below it). More rows mean more joint pushes and a sparser task.
         episode_limit: time limit (truncation).
         random_start: agents start at random free cells (else in the bottom corners).
     """
@@ -66,9 +67,9 @@ class PushBoxEnv(TeamEnv):
         self.n_agents = n_agents
         self.n_boxes = n_boxes
         self.pushers_needed = pushers_needed
-        self.box_start_row = size - 1 if box_start_row is None else int(box_start_row)
-        if not 1 <= self.box_start_row <= size - 1:
-            raise ValueError(f"box_start_row must be in [1, {size - 1}], got {box_start_row}")
+        self.box_start_row = size - 2 if box_start_row is None else int(box_start_row)
+        if not 1 <= self.box_start_row <= size - 2:
+            raise ValueError(f"box_start_row must be in [1, {size - 2}] (size {size}), got {box_start_row}")
         self.episode_limit = episode_limit
         self.random_start = random_start
         self.n_actions = 5
