@@ -25,8 +25,6 @@ import numpy as np
 from marlx.envs.builtin.push_box import MOVES
 from marlx.envs.team import TeamEnv
 
-_NEIGHBOURS = MOVES[1:]
-
 
 class PredatorPreyEnv(TeamEnv):
     """Predators that must corner prey together; sparse capture reward.
@@ -96,36 +94,42 @@ class PredatorPreyEnv(TeamEnv):
         self.alive[:] = True
         return {"captured": 0}
 
-    def _occupied_by_prey(self, cells: np.ndarray) -> np.ndarray:
-        """(k, 2) cells -> (k,) whether a live prey is there."""
-        live = self.prey[self.alive]
-        if len(live) == 0:
-            return np.zeros(len(cells), bool)
-        return np.any(np.all(cells[:, None, :] == live[None, :, :], axis=2), axis=1)
-
     def _step(self, actions):
+        size = self.size
+        prey_at = np.zeros((size, size), bool)  # [y, x]
+        live = np.flatnonzero(self.alive)
+        prey_at[self.prey[live, 1], self.prey[live, 0]] = True
         target = self.preds + MOVES[actions]
-        ok = np.all((target >= 0) & (target < self.size), axis=1) & ~self._occupied_by_prey(target)
+        inside = np.all((target >= 0) & (target < size), axis=1)
+        ok = inside.copy()
+        ok[inside] = ~prey_at[target[inside, 1], target[inside, 0]]
         self.preds[ok] = target[ok]
         reward = self.step_penalty
-        for j in np.flatnonzero(self.alive):
-            dist = np.abs(self.preds - self.prey[j]).sum(axis=1)
-            if np.count_nonzero(dist == 1) >= self.capture_needed:
-                self.alive[j] = False
-                reward += self.capture_reward
+        if len(live):
+            # predators on the four cells next to each live prey, all prey at once
+            dist = np.abs(self.preds[:, None, :] - self.prey[None, live, :]).sum(axis=2)
+            caught = live[(dist == 1).sum(axis=0) >= self.capture_needed]
+            if len(caught):
+                self.alive[caught] = False
+                prey_at[self.prey[caught, 1], self.prey[caught, 0]] = False
+                reward += self.capture_reward * len(caught)
         rng = self._rng
+        pred_at = np.zeros((size, size), bool)
+        pred_at[self.preds[:, 1], self.preds[:, 0]] = True
         for j in np.flatnonzero(self.alive):
             if rng.random() >= self.prey_move_prob:
                 continue
-            cand = self.prey[j] + _NEIGHBOURS
-            inside = np.all((cand >= 0) & (cand < self.size), axis=1)
-            cand = cand[inside]
-            free = ~np.any(np.all(cand[:, None, :] == self.preds[None, :, :], axis=2), axis=1)
-            free &= ~self._occupied_by_prey(cand)
-            options = cand[free]
-            k = rng.integers(len(options) + 1)  # the extra option is staying put
+            x, y = int(self.prey[j, 0]), int(self.prey[j, 1])
+            options = [
+                (nx, ny)
+                for nx, ny in ((x, y - 1), (x, y + 1), (x - 1, y), (x + 1, y))
+                if 0 <= nx < size and 0 <= ny < size and not pred_at[ny, nx] and not prey_at[ny, nx]
+            ]
+            k = int(rng.integers(len(options) + 1))  # the extra option is staying put
             if k < len(options):
+                prey_at[y, x] = False
                 self.prey[j] = options[k]
+                prey_at[options[k][1], options[k][0]] = True
         terminated = not self.alive.any()
         captured = int(self.n_prey - self.alive.sum())
         return reward, terminated, {"success": terminated, "captured": captured}
