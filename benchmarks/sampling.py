@@ -71,7 +71,7 @@ def ppo_algo(env_name, env_config, n_envs):
     cfg = (
         PPOConfig()
         .environment(env_name, env_config={**env_config, "marlx_view": "multi_agent"})
-        .env_runners(num_envs_per_env_runner=n_envs, rollout_fragment_length=200)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=n_envs, rollout_fragment_length="auto")
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, episode, **kw: "shared")
     )
     return cfg.build_algo()

@@ -59,8 +59,21 @@ def agent_inputs(
         if prev_actions is None:
             parts.append(obs.new_zeros(b, n, n_actions))
         else:
-            shifted = (prev_actions.long() + 1).clamp(min=0)  # -1 -> class 0, dropped below
-            parts.append(F.one_hot(shifted, n_actions + 1)[..., 1:].to(obs.dtype))
+            # row 0 of the table is all zeros: -1 ("no previous action") maps to it
+            table = _one_hot_table(n_actions, obs.dtype, obs.device)
+            parts.append(table[(prev_actions.long() + 1).clamp(min=0)])
     if agent_id:
-        parts.append(torch.eye(n, dtype=obs.dtype, device=obs.device).expand(b, n, n))
+        parts.append(_one_hot_table(n, obs.dtype, obs.device)[1:].expand(b, n, n))
     return torch.cat(parts, dim=-1)
+
+
+_TABLES: dict = {}
+
+
+def _one_hot_table(n: int, dtype, device) -> torch.Tensor:
+    """``[n+1, n]``: a zero row followed by the identity (cached; one-hot by indexing is cheaper)."""
+    key = (n, dtype, device)
+    if key not in _TABLES:
+        _TABLES[key] = torch.cat([torch.zeros(1, n, dtype=dtype, device=device),
+                                  torch.eye(n, dtype=dtype, device=device)])
+    return _TABLES[key]

@@ -94,6 +94,9 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
             )
         if not self.inference_only:
             self.make_target_networks()
+        else:
+            # env runners only act: eval mode once here saves RLlib's eval()/train() toggling every step
+            self.eval()
 
     # -- extension points ---------------------------------------------------------------------
     def setup_extra(self) -> None:
@@ -160,6 +163,7 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
         q, h = self.agent_q_values(obs, state[PREV_ACTIONS], state[HIDDEN])
         return q, obs["avail"], {HIDDEN: h}
 
+    @torch.no_grad()
     def _act(self, batch: dict, epsilon: float) -> dict:
         q, avail, state_out = self._step(batch)
         actions = masked_greedy(q, avail)

@@ -45,8 +45,8 @@ def train_until_solved(config_cls, max_iterations=150):
     try:
         for _ in range(max_iterations):
             result = algo.train()
-            if "evaluation" in result:
-                rate = result["evaluation"]["env_runners"]["success_rate"]
+            rate = result.get("evaluation", {}).get("env_runners", {}).get("success_rate")
+            if rate is not None:
                 history.append((result["num_env_steps_sampled_lifetime"], rate))
                 best = max(best, rate)
                 if rate >= 0.95:
