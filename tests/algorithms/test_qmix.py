@@ -103,3 +103,25 @@ def test_remote_env_runners_and_greedy_evaluation(ray_session):
             np.testing.assert_allclose(remote[k], local[k])
     finally:
         algo.stop()
+
+
+def test_sampled_actions_match_the_training_unroll(ray_session):
+    """The runner's step-by-step recurrent forward (lean connectors, state carried in episodes) gives the
+    same greedy actions as the learner's whole-episode unroll of the same module."""
+    algo = small_config().env_runners(num_envs_per_env_runner=3).build_algo()
+    try:
+        runner = algo.env_runner
+        with torch.no_grad():
+            for p in runner.module.parameters():  # make the greedy choice depend on the hidden state
+                p.normal_(0, 0.5)
+        episodes = runner.sample(explore=False)
+        assert len(episodes) >= 3
+        for ep in episodes:
+            obs = {k: torch.as_tensor(v)[None] for k, v in ep.get_observations().items()}
+            actions = torch.as_tensor(np.asarray(ep.get_actions()))[None]
+            with torch.no_grad():
+                q = runner.module.unroll(obs, actions)[0, :-1]
+            q[obs["avail"][0, :-1] == 0] = -float("inf")
+            assert torch.equal(q.argmax(-1), actions[0].long())
+    finally:
+        algo.stop()

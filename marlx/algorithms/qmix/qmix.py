@@ -34,6 +34,7 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
+from marlx.algorithms.qmix.connectors import team_env_to_module, team_module_to_env
 from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
 from marlx.algorithms.qmix.replay import TeamEpisodeReplay
 from marlx.callbacks import TeamMetricsCallback
@@ -69,6 +70,11 @@ class QMIXConfig(AlgorithmConfig):
         self.num_env_runners = 0
         self.evaluation_config = {"explore": False}  # greedy test episodes (PyMARL test_greedy)
         self.callbacks_class = TeamMetricsCallback
+        # one-piece connectors for the team view (see connectors.py); about 2x faster sampling
+        self._env_to_module_connector = team_env_to_module
+        self.add_default_connectors_to_env_to_module_pipeline = False
+        self._module_to_env_connector = team_module_to_env
+        self.add_default_connectors_to_module_to_env_pipeline = False
 
         # -- replay and update schedule --------------------------------------------------------
         #: Replay capacity in episodes (PyMARL buffer_size).
