@@ -18,6 +18,7 @@ from marlx.optim.sam import (
     SAMConfig,
     SharpnessStep,
     StaleGradientPipeline,
+    ThreadWorker,
 )
 
 LR, RHO = 0.1, 0.05
@@ -97,6 +98,20 @@ def test_layerwise_perturbs_only_the_critical_layer(alpha):
     _assert_params(model, expected)
 
 
+def test_critical_layer_selection_modes():
+    from marlx.optim.sam import critical_layers
+
+    groups = {"in": [torch.zeros(100)], "mid": [torch.zeros(4)], "out": [torch.zeros(1)]}
+    grads = {"in": [torch.full((100,), 0.3)], "mid": [torch.full((4,), 1.0)], "out": [torch.full((1,), 0.5)]}
+    # norms 3.0, 2.0, 0.5; per-element (rms) 0.3, 1.0, 0.5
+    assert critical_layers(groups, grads, 1) == ["in"]
+    assert critical_layers(groups, grads, 2, "grad_norm") == ["in", "mid"]
+    assert critical_layers(groups, grads, 2, "rms") == ["mid", "out"]
+    assert critical_layers(groups, grads, 1, "output") == ["out"]
+    grads["out"] = [torch.full((1,), float("nan"))]
+    assert critical_layers(groups, grads, 1) == ["out"]  # a NaN gradient is never hidden
+
+
 def test_layerwise_with_all_layers_equals_sam():
     a, b, (x, y) = _model("cnn"), _model("cnn"), _batch(2)
     sa = SAM(a, _sgd(a), SAMConfig(rho=RHO))
@@ -120,9 +135,12 @@ def test_layerwise_prefix_reuse_gives_the_same_update():
 
 
 # ------------------------------------------------------------------------------------------ async
-def test_async_sam_with_staleness_zero_equals_sam():
+@pytest.mark.parametrize("backend", ["inline", "thread"])
+def test_async_sam_with_staleness_zero_equals_sam(backend):
     a, b = _model("cnn"), _model("cnn")
     worker = PerturbationWorker(lambda: _model("cnn", seed=99))
+    if backend == "thread":
+        worker = ThreadWorker(worker)
     sa = SAM(a, _sgd(a), SAMConfig(rho=RHO))
     sb = AsyncSAM(b, _sgd(b), SAMConfig(variant="async", rho=RHO, staleness=0), source=StaleGradientPipeline(worker, 0))
     for s in range(3):
@@ -155,7 +173,7 @@ def test_async_sam_uses_the_gradient_of_stale_weights_on_another_batch():
 def test_system_aware_perturbation_batch_follows_the_time_budget():
     class FakeWorker:
         def gradient(self, state, batch_size, batch=None):
-            return [torch.zeros(1)], 0.001 * batch_size, batch_size  # 1 ms per sample
+            return torch.zeros(2).numpy(), 0.001 * batch_size, batch_size  # 1 ms per sample
 
     pipe = StaleGradientPipeline(FakeWorker(), staleness=0, initial_batch=64, min_batch=8, max_batch=1024,
                                  time_fraction=1.0)
@@ -309,6 +327,8 @@ def test_config_errors_are_clear():
         SAMConfig(variant="layerwize")
     with pytest.raises(ConfigKeyError, match="close matches: rho"):
         SAMConfig.from_dict({"rh": 0.1})
+    with pytest.raises(UnknownNameError, match="layer selection"):
+        SAMConfig(selection="largest")
     with pytest.raises(MarlxError):
         SAMConfig(alpha=1.5)
 

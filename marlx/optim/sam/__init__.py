@@ -15,5 +15,5 @@ from marlx.optim.sam.core import (  # noqa: F401
     layer_groups,
     make_step,
 )
-from marlx.optim.sam.worker import PerturbationWorker, StaleGradientPipeline  # noqa: F401
+from marlx.optim.sam.worker import PerturbationWorker, StaleGradientPipeline, ThreadWorker  # noqa: F401
 from marlx.optim.sam.hook import SAMHook  # noqa: F401  (registers "sam")

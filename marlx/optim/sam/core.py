@@ -25,6 +25,7 @@ from torch import nn
 from marlx.errors import MarlxError
 
 VARIANTS = ("sam", "layerwise", "async")
+SELECTIONS = ("grad_norm", "rms", "output")
 
 
 @dataclass
@@ -41,6 +42,10 @@ class SAMConfig:
     alpha: float = 1.0
     """layerwise: mix ``a`` in ``g_l = (1 - a) grad_l L(w) + a grad_l L(w + e)`` for the chosen layers. 1.0 (marlx's
     default) is SAM's gradient on those layers; the gradient-norm-penalty form uses a in (0, 1), e.g. 0.8."""
+    selection: str = "grad_norm"
+    """layerwise: how critical layers are chosen. ``grad_norm`` (the paper): largest ``||grad_l||``; ``rms``:
+    largest ``||grad_l|| / sqrt(numel_l)`` (does not favour big layers); ``output``: the last k layers (the
+    cheapest second pass). ``rms`` and ``output`` are marlx's options."""
     refresh_every: int = 50
     """layerwise: re-choose the critical layers every this many steps (from the first pass's gradient norms,
     which cost nothing extra). marlx's choice; the paper does not state it."""
@@ -79,6 +84,10 @@ class SAMConfig:
             raise MarlxError(f"sam: staleness must be >= 0, got {self.staleness}")
         if self.bn_update not in ("once", "every_pass"):
             raise MarlxError(f"sam: bn_update must be 'once' or 'every_pass', got {self.bn_update!r}")
+        if self.selection not in SELECTIONS:
+            from marlx.errors import UnknownNameError
+
+            raise UnknownNameError("layer selection", self.selection, SELECTIONS)
         if self.refresh_every < 1:
             raise MarlxError(f"sam: refresh_every must be >= 1, got {self.refresh_every}")
 
@@ -171,15 +180,20 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def critical_layers(groups: dict[str, list[torch.Tensor]], grads: dict[str, list[Optional[torch.Tensor]]], k: int) -> list[str]:
-    """The ``k`` layers with the largest gradient norms (ties keep the output side), in model order."""
+def critical_layers(groups: dict[str, list[torch.Tensor]], grads: dict[str, list[Optional[torch.Tensor]]], k: int,
+                    selection: str = "grad_norm") -> list[str]:
+    """The ``k`` critical layers in model order (ties keep the output side); see ``SAMConfig.selection``."""
     order = list(groups)
-    norms = {}
+    if selection == "output":
+        return order[-k:]
+    scores = {}
     for name in order:
         gs = [g for g in grads[name] if g is not None]
         n = global_norm(gs).item() if gs else 0.0
-        norms[name] = n if n == n else float("inf")  # a NaN norm is reported as critical, never hidden
-    ranked = sorted(order, key=lambda n: (norms[n], order.index(n)), reverse=True)[:k]
+        if selection == "rms" and gs:
+            n /= sum(g.numel() for g in gs) ** 0.5
+        scores[name] = n if n == n else float("inf")  # a NaN norm is reported as critical, never hidden
+    ranked = sorted(order, key=lambda n: (scores[n], order.index(n)), reverse=True)[:k]
     return [n for n in order if n in ranked]
 
 
@@ -313,7 +327,7 @@ class LayerwiseSAM(SharpnessStep):
         self.scaled(loss).backward()
         if not self.selected or self.steps % cfg.refresh_every == 0:
             grads = {n: [p.grad for p in ps] for n, ps in self.groups.items()}
-            self.selected = critical_layers(self.groups, grads, cfg.layers)
+            self.selected = critical_layers(self.groups, grads, cfg.layers, cfg.selection)
         sel = [p for n in self.selected for p in self.groups[n] if p.grad is not None]
         e = ascent_step([p.grad for p in sel], cfg.rho, cfg.eps) if sel else None
         if e is not None:

@@ -88,7 +88,8 @@ class SAMHook(LearnerHook):
             g1 = self._first_pass(batch)
             if cfg.variant == "layerwise":
                 if not self.selected or self.updates % cfg.refresh_every == 0:
-                    self.selected = critical_layers(groups, {n: [g1.get(p) for p in ps] for n, ps in groups.items()}, cfg.layers)
+                    self.selected = critical_layers(groups, {n: [g1.get(p) for p in ps] for n, ps in groups.items()},
+                                                    cfg.layers, cfg.selection)
                 names = self.selected
             else:
                 names = list(groups)

@@ -16,7 +16,7 @@ from torch import nn
 from marlx.errors import MarlxError
 from marlx.optim.data import ArrayDataset, accuracy
 from marlx.optim.sam.core import SAMConfig, SharpnessStep, make_step
-from marlx.optim.sam.worker import PerturbationWorker, StaleGradientPipeline
+from marlx.optim.sam.worker import PerturbationWorker, StaleGradientPipeline, ThreadWorker
 
 METHODS = ("sgd", "sam", "layerwise", "async")
 
@@ -45,6 +45,11 @@ class SAMTrainerConfig:
     """Ray cluster address for the perturbation worker (``None``: start or join a local Ray)."""
     worker_cpus: float = 1.0
     """CPUs reserved for asynchronous SAM's perturbation actor."""
+    worker_backend: str = "ray"
+    """async: ``ray`` (the perturbation worker is a Ray actor) or ``thread`` (a thread of this process, e.g. a
+    CPU perturbation while the main step runs on a GPU)."""
+    device: str = "cpu"
+    """Device of the main (descent) step; the perturbation worker always computes on the CPU."""
     sam: dict = field(default_factory=dict)
     """:class:`~marlx.optim.sam.core.SAMConfig` options (``variant`` is set from ``method``)."""
 
@@ -53,6 +58,8 @@ class SAMTrainerConfig:
             from marlx.errors import UnknownNameError
 
             raise UnknownNameError("SAM trainer method", self.method, METHODS)
+        if self.worker_backend not in ("ray", "thread"):
+            raise MarlxError(f"worker_backend must be 'ray' or 'thread', got {self.worker_backend!r}")
         if self.amp_dtype not in (None, "bfloat16", "float16"):
             raise MarlxError(f"amp_dtype must be None, 'bfloat16' or 'float16', got {self.amp_dtype!r}")
 
@@ -66,14 +73,17 @@ class SAMTrainer:
         self.model_fn, self.train, self.test = model_fn, train, test
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        self.model = model_fn()
+        self.model = model_fn().to(cfg.device)
+        on = lambda d: d if d is None else ArrayDataset(d.x.to(cfg.device), d.y.to(cfg.device), d.num_classes)  # noqa: E731
+        self.train_on_device, self.test_on_device = on(train), on(test)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         variant = cfg.method if cfg.method != "sgd" else "sam"
         self.sam_config = SAMConfig.from_dict({**cfg.sam, "variant": variant})
         dtype = getattr(torch, cfg.amp_dtype) if cfg.amp_dtype else None
-        scaler = torch.amp.GradScaler("cpu") if dtype is not None else None
+        scaler = torch.amp.GradScaler(torch.device(cfg.device).type) if dtype is not None else None
         self.actor = None
+        self.thread_worker: Optional[ThreadWorker] = None
         self.source = None
         if cfg.method == "async":
             self.source = StaleGradientPipeline(
@@ -87,6 +97,10 @@ class SAMTrainer:
             self.stepper = make_step(self.model, self.optimizer, self.sam_config, source=self.source, **kwargs)
 
     def _start_worker(self):
+        if self.config.worker_backend == "thread":
+            self.thread_worker = ThreadWorker(PerturbationWorker(self.model_fn, self.train.x, self.train.y,
+                                                                 seed=self.config.seed + 1))
+            return self.thread_worker
         import ray
 
         if not ray.is_initialized():
@@ -101,7 +115,8 @@ class SAMTrainer:
         """Train ``epochs`` passes; returns per-epoch history, seconds per step and final accuracies."""
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
-        n, history, steps, seconds = len(self.train), [], 0, 0.0
+        train, test = self.train_on_device, self.test_on_device
+        n, history, steps, seconds = len(train), [], 0, 0.0
         self.model.train()
         for epoch in range(cfg.epochs):
             perm = torch.randperm(n, generator=gen)
@@ -109,12 +124,13 @@ class SAMTrainer:
             t0 = time.perf_counter()
             for i in range(0, n - cfg.batch_size + 1, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
-                losses.append(self.stepper.step(self.train.x[idx], self.train.y[idx]))
+                idx = idx.to(train.x.device)
+                losses.append(self.stepper.step(train.x[idx], train.y[idx]))
                 steps += 1
             seconds += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses))}
-            if self.test is not None:
-                row["test_accuracy"] = accuracy(self.model, self.test)
+            if test is not None:
+                row["test_accuracy"] = accuracy(self.model, test)
             history.append(row)
             if log:
                 log(row)
@@ -122,8 +138,8 @@ class SAMTrainer:
             "method": cfg.method,
             "steps": steps,
             "seconds_per_step": seconds / max(1, steps),
-            "train_accuracy": accuracy(self.model, self.train),
-            "test_accuracy": accuracy(self.model, self.test) if self.test is not None else None,
+            "train_accuracy": accuracy(self.model, train),
+            "test_accuracy": accuracy(self.model, test) if test is not None else None,
             "history": history,
         }
         if self.source is not None:
@@ -134,6 +150,9 @@ class SAMTrainer:
         """Stop the perturbation actor (if any)."""
         if self.source is not None:
             self.source.drain()
+        if self.thread_worker is not None:
+            self.thread_worker.close()
+            self.thread_worker = None
         if self.actor is not None:
             import ray
 

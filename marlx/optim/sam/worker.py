@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional
 
 import torch
@@ -43,13 +44,15 @@ class PerturbationWorker:
         """For callers that wait until the actor has started (keeps start-up out of step timings)."""
         return True
 
-    def gradient(self, state: dict, batch_size: Optional[int] = None, batch=None) -> tuple[list[torch.Tensor], float, int]:
-        """Gradient at the weights ``state`` (a state dict) on ``batch`` or on ``batch_size`` own samples.
-
-        Returns (gradients in parameter order, compute seconds, batch size).
+    def gradient(self, weights, batch_size: Optional[int] = None, batch=None) -> tuple:
+        """Gradient at ``weights`` (the trainable parameters as one flat vector) on ``batch`` or on ``batch_size``
+        of the worker's own samples. BatchNorm layers use batch statistics (training mode), so buffers need
+        not travel. Returns (flat gradient as a numpy array, compute seconds, batch size): one flat array
+        each way keeps Ray's serialisation cost per call small.
         """
         t0 = time.perf_counter()
-        self.model.load_state_dict(state)
+        with torch.no_grad():
+            nn.utils.vector_to_parameters(torch.as_tensor(weights, dtype=self.params[0].dtype), self.params)
         if batch is None:
             idx = torch.randint(len(self.y), (int(batch_size),), generator=self.gen)
             x, y = self.x[idx], self.y[idx]
@@ -58,8 +61,26 @@ class PerturbationWorker:
         for p in self.params:
             p.grad = None
         self.criterion(self.model(x), y).backward()
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in self.params]
-        return grads, time.perf_counter() - t0, len(y)
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        return torch.cat([g.reshape(-1) for g in grads]).numpy(), time.perf_counter() - t0, len(y)
+
+
+class ThreadWorker:
+    """A :class:`PerturbationWorker` on a background thread of this process (torch kernels release the GIL).
+
+    For the paper's setting of a perturbation on the CPU while the main step runs on a GPU, or where Ray is
+    not available; the trainer's default is a Ray actor.
+    """
+
+    def __init__(self, worker: PerturbationWorker) -> None:
+        self.worker = worker
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marlx-sam-perturbation")
+
+    def submit(self, weights, batch_size=None, batch=None) -> Future:
+        return self.pool.submit(self.worker.gradient, weights, batch_size, batch)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class StaleGradientPipeline:
@@ -98,11 +119,14 @@ class StaleGradientPipeline:
         self._queue: collections.deque = collections.deque()
 
     def next(self, model: nn.Module, batch=None) -> Optional[list[torch.Tensor]]:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        weights = nn.utils.parameters_to_vector(params).detach().cpu().numpy()
         if self.remote:
-            self._queue.append(self.worker.gradient.remote(state, self.batch_size, batch))
+            self._queue.append(self.worker.gradient.remote(weights, self.batch_size, batch))
+        elif isinstance(self.worker, ThreadWorker):
+            self._queue.append(self.worker.submit(weights, self.batch_size, batch))
         else:
-            self._queue.append(self.worker.gradient(state, self.batch_size, batch))
+            self._queue.append(self.worker.gradient(weights, self.batch_size, batch))
         if len(self._queue) <= self.staleness:
             return None
         result = self._queue.popleft()
@@ -110,10 +134,16 @@ class StaleGradientPipeline:
             import ray
 
             result = ray.get(result)
-        grads, seconds, n = result
+        elif isinstance(result, Future):
+            result = result.result()
+        flat, seconds, n = result
         self._resize(seconds, n)
-        device = next(model.parameters()).device
-        return [g.to(device) for g in grads]
+        flat = torch.as_tensor(flat).to(params[0].device)
+        grads, i = [], 0
+        for p in params:
+            grads.append(flat[i : i + p.numel()].view_as(p).to(p.dtype))
+            i += p.numel()
+        return grads
 
     def observe_step_seconds(self, seconds: float) -> None:
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
@@ -134,4 +164,7 @@ class StaleGradientPipeline:
             import ray
 
             ray.get(list(self._queue))
+        for item in self._queue:
+            if isinstance(item, Future):
+                item.result()
         self._queue.clear()
