@@ -52,7 +52,7 @@ class PerturbationWorker:
         """
         t0 = time.perf_counter()
         with torch.no_grad():
-            nn.utils.vector_to_parameters(torch.as_tensor(weights, dtype=self.params[0].dtype), self.params)
+            nn.utils.vector_to_parameters(torch.tensor(weights, dtype=self.params[0].dtype), self.params)
         if batch is None:
             idx = torch.randint(len(self.y), (int(batch_size),), generator=self.gen)
             x, y = self.x[idx], self.y[idx]
@@ -138,7 +138,7 @@ class StaleGradientPipeline:
             result = result.result()
         flat, seconds, n = result
         self._resize(seconds, n)
-        flat = torch.as_tensor(flat).to(params[0].device)
+        flat = torch.tensor(flat).to(params[0].device)  # a copy: arrays from Ray's object store are read-only
         grads, i = [], 0
         for p in params:
             grads.append(flat[i : i + p.numel()].view_as(p).to(p.dtype))
