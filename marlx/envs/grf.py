@@ -8,7 +8,9 @@ gfootball; which players those are is up to the engine, ``info`` names them). Pe
 * state ``(104,)``: simple115v2 of the raw observation without the "active player" one-hot: both
   teams' positions and directions (11 slots each, -1 where a team has fewer players), ball position,
   direction, owner one-hot and game-mode one-hot; named in ``state_names``;
-* positions ``(n_agents, 2)``: the controlled players' ``(x, y)`` (x in [-1, 1], we attack +x);
+* positions ``(n_agents, 2)``: the ``(x, y)`` of the player each agent controls now (x in [-1, 1],
+  we attack +x); gfootball may move a controller to another player, even to our keeper (``info["active"]``
+  names the players);
 * avail: all ones (football has no illegal actions);
 * ``info["success"]``: the team leads (for academy tasks: scored), ``info["score"]``, ``info["active"]``.
 
@@ -18,8 +20,9 @@ Rewards (``reward=``):
 * ``"scoring,checkpoints"``: plus gfootball's per-player checkpoint shaping; the team reward is the
   mean (default) or sum of the players' rewards (``team_reward=``);
 * ``"sparse"``: the FoX/CDS academy task: +100 for our goal, -1 at any other end of the episode, 0
-  otherwise; the episode also ends when the ball or a controlled player enters our half (x < 0),
-  and after ``episode_limit`` = 150 steps.
+  otherwise; the episode also ends when the ball or one of our field players enters our half
+  (x < 0; the players are CDS's ``left_team[-n_agents:]`` less the keeper), and after
+  ``episode_limit`` = 150 steps.
 
 Termination: gfootball's own end of episode (goal, ball out of play, possession change in academy
 tasks) and the sparse task's half-line rule terminate; the time limit (gfootball's ``game_duration``,
@@ -160,10 +163,21 @@ class GRFTeamEnv(TeamEnv):
     def _active(self) -> list[int]:
         return [int(r["active"]) for r in self._raw]
 
-    def _in_our_half(self) -> bool:
-        """The FoX/CDS end rule: the ball or a controlled player is in our half (x < 0)."""
+    def _team_players(self) -> list[int]:
+        """The field players of the sparse rule: CDS's ``left_team[-n_agents:]``, keeper excluded.
+
+        Not the currently controlled players: gfootball may hand a controller to our keeper, who is
+        always in our half.
+        """
         raw = self._raw[0]
-        return bool(raw["ball"][0] < 0 or np.any(raw["left_team"][self._active(), 0] < 0))
+        n_left = len(raw["left_team"])
+        roles = raw["left_team_roles"]
+        return [i for i in range(max(0, n_left - self.n_agents), n_left) if int(roles[i]) != 0]
+
+    def _in_our_half(self) -> bool:
+        """The FoX/CDS end rule: the ball or one of our field players is in our half (x < 0)."""
+        raw = self._raw[0]
+        return bool(raw["ball"][0] < 0 or np.any(raw["left_team"][self._team_players(), 0] < 0))
 
     # -- TeamEnv --------------------------------------------------------------------------------
     def _reset(self, rng, options):
