@@ -14,11 +14,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+import marlx.envs.registry  # noqa: F401  (env names such as "builtin/push_box" work in every algorithm config)
 from marlx.errors import UnknownNameError
 
 ALGORITHMS: dict[str, str] = {
     "QMIX": "marlx.algorithms.qmix:QMIX",
     "VDN": "marlx.algorithms.qmix:VDN",
+    "FoX": "marlx.algorithms.fox:FoX",
 }
 
 

@@ -64,6 +64,7 @@ class FormationVAE(nn.Module):
         kl_weight: weight of every KL term [marlx option; the paper's losses use 1.0]. With keys scaled by
             1/1000 the reconstruction errors are small, and at 1.0 the KL terms can dominate so that the latent
             carries little formation information; a smaller weight (a beta-VAE) lets it carry more.
+        encoder: an existing encoder to train (FoX's RLModule owns it); a new one when ``None``.
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class FormationVAE(nn.Module):
         grad_clip: float = 1.0,
         released_grad_accumulation: bool = False,
         kl_weight: float = 1.0,
+        encoder: FormationEncoder | None = None,
     ):
         super().__init__()
         self.n_agents = n_agents
@@ -87,7 +89,8 @@ class FormationVAE(nn.Module):
         self.grad_clip = grad_clip
         self.released_grad_accumulation = released_grad_accumulation
         self.kl_weight = kl_weight
-        self.encoder = FormationEncoder(hidden_dim, vae_hidden, latent_dim)
+        # FoX's agents read the encoder at action time: the RLModule owns it and passes it in.
+        self.encoder = encoder if encoder is not None else FormationEncoder(hidden_dim, vae_hidden, latent_dim)
         self.decoder = _mlp(3 * latent_dim, vae_hidden, 4 * n_agents, sigmoid=True)
         self.decoder_tau = _mlp(latent_dim, vae_hidden, hidden_dim, sigmoid=True)
         self.optimizers = {

@@ -1,0 +1,94 @@
+"""FoX's RLModule: QMIX's recurrent agent with a shared head, per-agent local heads and a formation head.
+
+``Q_i = W h_i + MLP_i(h_i) + W_f z_i`` (spec §2): ``W`` is the shared agent network's output layer, ``MLP_i``
+a per-agent local head (CDS; an L1 penalty keeps it small, see the learner), ``W_f`` a linear formation head on
+the latent of the formation encoder q(z | h_i). The encoder is trained only by the formation VAE (its TD
+gradient is dropped). marlx's choice: the Q head reads the posterior mean of q(z | h_i), so action values are
+deterministic; the VAE losses and the awareness bonus sample z.
+"""
+
+from __future__ import annotations
+
+import torch
+from ray.rllib.core.columns import Columns
+from torch import nn
+from torch.nn import functional as F
+
+from marlx.algorithms.fox.vae import FormationEncoder
+from marlx.modules.agent import RNNAgent
+from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES, QMIXRLModule
+
+FOX_HIDDEN = "fox_hidden"
+FOX_LOCAL_Q = "fox_local_q"
+
+FOX_MODEL_DEFAULTS = {"vae_latent_dim": 64, "vae_hidden_dim": 128, "local_head_hidden": 64}
+
+
+class FormationAwareAgent(nn.Module):
+    """The shared RNN agent plus local heads, formation encoder and formation head.
+
+    Called like :class:`~marlx.modules.agent.RNNAgent` with rows ordered ``(batch, agent)``.
+    """
+
+    def __init__(self, base: RNNAgent, n_agents: int, n_actions: int, latent_dim: int, vae_hidden: int, local_hidden: int):
+        super().__init__()
+        self.base = base
+        self.n_agents = n_agents
+        hidden = base.hidden_dim
+        self.hidden_dim = hidden
+        self.encoder = FormationEncoder(hidden, vae_hidden, latent_dim)
+        self.formation_head = nn.Linear(latent_dim, n_actions, bias=False)
+        # per-agent local heads H -> local_hidden -> A, evaluated for all agents in one einsum
+        self.local_w1 = nn.Parameter(torch.empty(n_agents, hidden, local_hidden))
+        self.local_b1 = nn.Parameter(torch.zeros(n_agents, local_hidden))
+        self.local_w2 = nn.Parameter(torch.empty(n_agents, local_hidden, n_actions))
+        self.local_b2 = nn.Parameter(torch.zeros(n_agents, n_actions))
+        for w in (self.local_w1, self.local_w2):
+            nn.init.uniform_(w, -(w.shape[1] ** -0.5), w.shape[1] ** -0.5)
+
+    def forward_parts(self, inputs: torch.Tensor, hidden: torch.Tensor):
+        """-> ``(q [N, A], hidden [N, H], local_q [N, A])``."""
+        shared_q, h = self.base(inputs, hidden)
+        hh = h.view(-1, self.n_agents, self.hidden_dim)
+        local = F.relu(torch.einsum("bnh,nhk->bnk", hh, self.local_w1) + self.local_b1)
+        local = (torch.einsum("bnk,nka->bna", local, self.local_w2) + self.local_b2).reshape(h.shape[0], -1)
+        with torch.no_grad():  # the encoder learns from the VAE losses only
+            mu, _ = self.encoder(h)
+        return shared_q + local + self.formation_head(mu), h, local
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor):
+        q, h, _ = self.forward_parts(inputs, hidden)
+        return q, h
+
+
+class FoXRLModule(QMIXRLModule):
+    """QMIX's module with FoX's formation-aware agent; ``forward_train`` also returns hidden states and local Q."""
+
+    def setup_extra(self) -> None:
+        cfg = {**FOX_MODEL_DEFAULTS, **self.cfg}
+        self.agent = FormationAwareAgent(
+            self.agent, self.n_agents, self.n_actions,
+            int(cfg["vae_latent_dim"]), int(cfg["vae_hidden_dim"]), int(cfg["local_head_hidden"]),
+        )
+
+    @property
+    def formation_encoder(self) -> FormationEncoder:
+        return self.agent.encoder
+
+    def _forward_train(self, batch: dict, **kwargs) -> dict:
+        obs = self.team_obs(batch)
+        actions = batch[Columns.ACTIONS]
+        steps, b = obs["obs"].shape[1], obs["obs"].shape[0]
+        h = obs["obs"].new_zeros(b, self.n_agents, self.hidden_dim)
+        qs, hs, locals_ = [], [], []
+        for t in range(steps):
+            x = self.build_agent_inputs({k: v[:, t] for k, v in obs.items()}, actions[:, t - 1] if t > 0 else None)
+            q, h_flat, local = self.agent.forward_parts(x.reshape(b * self.n_agents, -1), h.reshape(b * self.n_agents, -1))
+            h = h_flat.view(b, self.n_agents, -1)
+            qs.append(q.view(b, self.n_agents, -1))
+            hs.append(h)
+            locals_.append(local.view(b, self.n_agents, -1))
+        out = {Q_VALUES: torch.stack(qs, 1), FOX_HIDDEN: torch.stack(hs, 1), FOX_LOCAL_Q: torch.stack(locals_, 1)}
+        with torch.no_grad():
+            out[TARGET_Q_VALUES] = self.unroll(obs, actions, target=True)
+        return out
