@@ -100,6 +100,14 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
     return rows
 
 
+def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    import marlx.envs.registry  # noqa: F401  (env names in this worker's Tune registry)
+
+    return run_seed(exp, seed, max_env_steps)
+
+
 def plot(rows: list[dict], path: str, title: str, random_rate: float) -> None:
     import matplotlib
 
@@ -145,10 +153,10 @@ def main() -> None:
     exp.setdefault("env", args.env)
     env_config = exp["config"].get("env_config", {})
     rand_rate, rand_return = random_success(exp["env"], env_config)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    rows = []
-    for seed in range(args.seeds):
-        rows += run_seed(exp, seed, args.max_env_steps)
+    # seeds run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
+    ray.init(num_cpus=max(2, args.seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(_run_seed_task)
+    rows = [row for part in ray.get([remote.remote(exp, s, args.max_env_steps) for s in range(args.seeds)]) for row in part]
     ray.shutdown()
 
     os.makedirs(args.out, exist_ok=True)

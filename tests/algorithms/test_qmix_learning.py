@@ -46,7 +46,7 @@ def train_until_solved(config_cls, max_iterations=150):
         for _ in range(max_iterations):
             result = algo.train()
             rate = result.get("evaluation", {}).get("env_runners", {}).get("success_rate")
-            if rate is not None:
+            if rate is not None and rate == rate:  # nan: no evaluation this iteration
                 history.append((result["num_env_steps_sampled_lifetime"], rate))
                 best = max(best, rate)
                 if rate >= 0.95:
