@@ -176,3 +176,20 @@ def test_config_validation_and_update_from_dict():
         bad.validate()
     with pytest.raises(ValueError, match="mixer"):
         QMIXConfig().environment("builtin/push_box").training(mixer="sum").validate()
+
+
+def test_intrinsic_reward_seam_adds_bonus_before_the_target():
+    cfg, learner, _ = build_learner("vdn")
+    batch = {k: torch.as_tensor(v) for k, v in hand_batch().items()}
+    zeros = {Q_VALUES: torch.zeros(1, 4, 2, 5), TARGET_Q_VALUES: torch.zeros(1, 4, 2, 5)}
+    seen = {}
+
+    def bonus(module_id, b, fwd_out):
+        seen["keys"] = set(b) | set(fwd_out)
+        return torch.full_like(b[Columns.REWARDS], 0.5)
+
+    learner.intrinsic_reward = bonus
+    loss = learner.compute_loss_for_module(module_id=DEFAULT_POLICY_ID, config=cfg, batch=batch, fwd_out=zeros)
+    # Q = 0 everywhere: targets are the rewards plus the bonus on the two real steps (1.5, 0.5)
+    assert loss.item() == pytest.approx((1.5**2 + 0.5**2) / 2)
+    assert {"obs", "state", Columns.ACTIONS, Q_VALUES} <= seen["keys"]
