@@ -1,0 +1,96 @@
+"""FoX as an RLlib algorithm: trains with both bonuses, counts only training data, checkpoints its counter
+and VAE, and supports the positions option."""
+
+import numpy as np
+import pytest
+import torch
+
+from marlx.algorithms.fox import FoXConfig
+from marlx.algorithms.fox.formation import FormationKeyer
+from marlx.algorithms.fox.replay import FOX_COUNT_BONUS, FOX_KEYS, FormationCountingReplay
+
+TASK = {"size": 4, "box_start_row": 1, "episode_limit": 12}
+
+
+def fox_config(**training):
+    opts = dict(batch_size_episodes=8, learning_starts_episodes=8, vae_samples_per_update=25, **training)
+    return (
+        FoXConfig()
+        .environment("builtin/push_box", env_config=TASK)
+        .env_runners(num_envs_per_env_runner=4)
+        .training(**opts)
+        .evaluation(evaluation_interval=None, evaluation_duration=4, evaluation_duration_unit="episodes")
+        .debugging(seed=0)
+    )
+
+
+def test_replay_counts_every_stored_step_and_serves_bonus_of_next_formation():
+    replay = FormationCountingReplay(capacity=10, seed=0, round_decimals=3, beta1=0.1)
+    rng = np.random.default_rng(0)
+    obs = {"obs": rng.normal(size=(4, 2, 3)).astype(np.float32), "state": np.zeros((4, 1), np.float32),
+           "avail": np.ones((4, 2, 5), np.float32)}
+    ep = {"obs": obs, "actions": np.zeros((3, 2), np.int64), "rewards": np.zeros(3, np.float32), "terminated": True}
+    replay.add_arrays(ep)
+    replay.add_arrays(ep)
+    assert replay.counter.total == 8 and len(replay.counter) == 4  # 4 distinct formations, each seen twice
+    batch = replay.sample(2)
+    keys = FormationKeyer(3, 3, 0).keys(obs["obs"].astype(np.float64))
+    np.testing.assert_allclose(batch[FOX_KEYS][0], keys.astype(np.float32))
+    np.testing.assert_allclose(batch[FOX_COUNT_BONUS][0], 0.1 / np.sqrt(2) * np.ones(3), rtol=1e-6)
+    restored = FormationCountingReplay(capacity=10)
+    restored.set_state(replay.get_state())
+    assert restored.counter.total == 8
+
+
+@pytest.mark.slow
+def test_fox_trains_with_bonuses_and_evaluation_does_not_count(ray_session, tmp_path):
+    algo = fox_config().build_algo()
+    try:
+        for _ in range(3):
+            result = algo.train()
+        learner = result["learners"]["default_policy"]
+        for key in ("fox_count_bonus_mean", "fox_awareness_bonus_mean", "fox_vae_L1", "fox_local_l1", "td_loss"):
+            assert key in learner, key
+        assert learner["fox_count_bonus_mean"] > 0 and learner["fox_awareness_bonus_mean"] >= 0
+        counter = algo.formation_counter
+        total, distinct = counter.total, len(counter)
+        assert total == algo.replay.steps_added + algo.replay.episodes_added  # T+1 formations per episode
+        algo.evaluate()
+        assert (counter.total, len(counter)) == (total, distinct)
+
+        learner_obj = algo.learner_group._learner
+        vae = learner_obj.vaes["default_policy"]
+        decoder_before = [p.detach().clone() for p in vae.decoder.parameters()]
+        path = algo.save_to_path(str(tmp_path / "ckpt"))
+        restored = fox_config().build_algo()
+        try:
+            restored.restore_from_path(path)
+            assert restored.formation_counter.total == total and len(restored.formation_counter) == distinct
+            vae2 = restored.learner_group._learner.vaes["default_policy"]
+            for a, b in zip(decoder_before, vae2.decoder.parameters()):
+                torch.testing.assert_close(a, b)
+            enc1 = algo.get_module().formation_encoder.mu.weight
+            enc2 = restored.get_module().formation_encoder.mu.weight
+            torch.testing.assert_close(enc1, enc2)
+        finally:
+            restored.stop()
+    finally:
+        algo.stop()
+
+
+@pytest.mark.slow
+def test_fox_formations_from_positions_and_released_flag(ray_session):
+    algo = fox_config(formation_source="positions", released_grad_accumulation=True, beta2=0.0).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        assert algo.replay.keyer.dim == 2  # keys from (x, y) positions
+        assert "fox_vae_L1" in result["learners"]["default_policy"]
+        assert algo.learner_group._learner.vaes["default_policy"].released_grad_accumulation
+    finally:
+        algo.stop()
+
+
+def test_invalid_fox_options_are_rejected():
+    with pytest.raises(ValueError, match="formation_source"):
+        fox_config(formation_source="pixels").validate()
