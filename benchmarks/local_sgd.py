@@ -46,6 +46,7 @@ def run_one(mode: str, seed: int, args, train, test) -> dict:
         mode=mode,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_milestones=tuple(args.lr_milestones),
         max_local_steps=args.max_local_steps,
         local_steps=None if mode == "sync" else tuple(args.steps[seed]),
         probe_steps=10,
@@ -78,7 +79,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--passes", type=float, default=12)
+    p.add_argument("--passes", type=float, default=10)
+    p.add_argument("--lr-milestones", type=int, nargs="*", default=[6, 8], help="passes after which lr drops 10x (the code's 60/80 of 100 epochs)")
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--target", type=float, default=0.93)
     args = p.parse_args()
@@ -105,7 +107,7 @@ def main() -> None:
         rs = [r for r in results if r["mode"] == mode]
         summary[mode] = {
             "time_to_target_median_s": float(np.median([r["time_to_target"] for r in rs])),
-            "reached_target": sum(np.isfinite(r["time_to_target"]) for r in rs),
+            "reached_target": int(sum(np.isfinite(r["time_to_target"]) for r in rs)),
             "final_accuracy_mean": float(np.mean([r["final_accuracy"] for r in rs])),
             "train_seconds_mean": float(np.mean([r["seconds"] for r in rs])),
         }
@@ -125,6 +127,7 @@ def main() -> None:
         "workers": f"1 fast + {args.slow_workers} slow (slowdown {args.slowdown:g})",
         "seeds": args.seeds,
         "passes": args.passes,
+        "lr_milestones": args.lr_milestones,
         "target_accuracy": args.target,
         "biased_speedup_vs_sync": summary["biased"]["speedup_vs_sync"],
         "local_speedup_vs_sync": summary["local"]["speedup_vs_sync"],

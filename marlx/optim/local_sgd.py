@@ -337,6 +337,7 @@ class LocalSGDTrainer:
         self._data_ref = ray.put(train)
         self._spawn_count = 0
         self.actors: list = [self._spawn(spec) for spec in self.specs]
+        self._gather([a.ping.remote() for a in self.actors])  # started (imports done): keeps start-up off the clocks
         self.loss_table = np.full(len(train), np.inf, dtype=np.float32)
         self._pending: dict[int, list] = {}
         self._momentum: Optional[list] = None  # averaged momentum buffers (momentum_policy="average")
@@ -393,7 +394,6 @@ class LocalSGDTrainer:
     def _measure(self) -> list[float]:
         import ray
 
-        self._gather([a.ping.remote() for a in self.actors])  # all started (imports done) before timing any
         ref = ray.put(_cpu_state(self.model))
         # one worker at a time, so that workers sharing a machine do not disturb each other's measurement
         thr = []

@@ -186,6 +186,14 @@ def test_step_counts_follow_measured_speed(ray_session, digits):
         tr.run_round()
         s = len(train) // (64 * sum(tr.steps))
         assert [len(p) for p in tr._plan] == [max(1, s) * st * 64 for st in tr.steps]
+        # re-measuring at a pass boundary uses the rounds' own step times (throttling included)
+        tr.cfg.remeasure_every = 1
+        while tr._round_in_pass < tr._rounds_per_pass:
+            tr.run_round()
+        times = [list(tr._step_times[i]) for i in range(2)]
+        tr.run_round()  # starts the next pass
+        assert tr.throughput == [1.0 / float(np.median(t)) for t in times]
+        assert tr.steps == steps_from_throughput(tr.throughput, 16, 1) and tr.steps[1] < tr.steps[0]
     finally:
         tr.shutdown()
 
