@@ -559,6 +559,8 @@ class LocalSGDHook(LearnerHook):
     and every ``every`` updates all-reduces the parameters (and floating-point buffers) over the default
     torch.distributed process group that RLlib's learner group initialised, dividing by the world size.
     With fewer than two learners there is nothing to average and the hook changes nothing.
+    Module buffers: DDP's ``broadcast_buffers`` (on by default, in ``config.torch_ddp_kwargs``) still copies rank
+    0's buffers at every forward pass; set it to ``False`` to let buffers train locally and be averaged here.
 
     Options:
         every: updates (gradient steps, i.e. minibatches) between averagings; H. Default 4.
