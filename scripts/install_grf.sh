@@ -11,7 +11,8 @@
 #     setuptools and wheel are installed, with the target Python first on PATH (the engine's CMake
 #     build looks up `python3` there);
 #   * gfootball needs the old `gym==0.25.2` (gym 0.26 changed reset()) and imports `six` undeclared.
-# The build takes ~8 minutes on 2 cores. It is skipped when the wanted version is installed already.
+# The build takes ~8 minutes on 2 cores (much longer on a busy machine). Nothing is rebuilt when the
+# wanted version is installed already, or when its wheel is in $GRF_WHEEL_DIR (~/.cache/marlx/wheels).
 set -euo pipefail
 
 GFOOTBALL_VERSION="${GFOOTBALL_VERSION:-2.10.2}"
@@ -40,6 +41,10 @@ APT_PACKAGES=(
     libsdl2-dev libsdl2-image-dev libsdl2-ttf-dev libsdl2-gfx-dev
     libboost-python-dev libboost-thread-dev libboost-system-dev libboost-filesystem-dev
 )
+if [[ -z "${SKIP_APT:-}" ]] && command -v dpkg >/dev/null && dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
+    echo "system packages are installed already"
+    SKIP_APT=1
+fi
 if [[ -z "${SKIP_APT:-}" ]]; then
     if command -v apt-get >/dev/null; then
         SUDO=""
@@ -57,7 +62,19 @@ fi
 export PATH="$PY_BIN_DIR:$PATH"
 export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
 "$PYTHON" -m pip install --quiet psutil setuptools wheel six "gym==0.25.2"
-"$PYTHON" -m pip install --no-build-isolation "gfootball==$GFOOTBALL_VERSION"
+# The built wheel is kept outside the environment, so that a new venv (CI) installs it in seconds.
+WHEEL_DIR="${GRF_WHEEL_DIR:-$HOME/.cache/marlx/wheels}"
+mkdir -p "$WHEEL_DIR"
+PY_TAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+wheel="$(ls "$WHEEL_DIR"/gfootball-"$GFOOTBALL_VERSION"-"$PY_TAG"-*.whl 2>/dev/null | head -n1 || true)"
+if [[ -z "$wheel" ]]; then
+    echo "building gfootball $GFOOTBALL_VERSION (C++ engine, ~8 minutes) into $WHEEL_DIR"
+    "$PYTHON" -m pip wheel --no-build-isolation --no-deps -w "$WHEEL_DIR" "gfootball==$GFOOTBALL_VERSION"
+    wheel="$(ls "$WHEEL_DIR"/gfootball-"$GFOOTBALL_VERSION"-"$PY_TAG"-*.whl | head -n1)"
+else
+    echo "using the gfootball wheel built before: $wheel"
+fi
+"$PYTHON" -m pip install "$wheel"
 
 "$PYTHON" - <<'PY'
 import gfootball.env as football_env
