@@ -77,20 +77,23 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
     cfg.environment(exp["env"], env_config=env_config).debugging(seed=seed)
     budget = max_env_steps or exp.get("stop", {}).get("num_env_steps_sampled_lifetime", 50_000)
     algo = cfg.build_algo()
-    rows, t0 = [], time.perf_counter()
+    rows, t0, last_eval_episodes = [], time.perf_counter(), 0.0
     try:
         while True:
             r = algo.train()
             steps = int(r["num_env_steps_sampled_lifetime"])
-            evaluated = get(r, "evaluation/env_runners/success_rate") == get(r, "evaluation/env_runners/success_rate")
+            # RLlib repeats the last evaluation's results in later iterations: count evaluated episodes
+            eval_episodes = get(r, "evaluation/env_runners/num_episodes_lifetime", 0.0)
+            evaluated = eval_episodes > last_eval_episodes
+            last_eval_episodes = max(last_eval_episodes, eval_episodes)
             if evaluated or steps >= budget:
                 rows.append({
                     "seed": seed, "iteration": r["training_iteration"], "env_steps": steps,
                     "wall_s": round(time.perf_counter() - t0, 1),
                     "train_success": get(r, "env_runners/success_rate"),
                     "train_return": get(r, "env_runners/episode_return_mean"),
-                    "eval_success": get(r, "evaluation/env_runners/success_rate"),
-                    "eval_return": get(r, "evaluation/env_runners/episode_return_mean"),
+                    "eval_success": get(r, "evaluation/env_runners/success_rate") if evaluated else float("nan"),
+                    "eval_return": get(r, "evaluation/env_runners/episode_return_mean") if evaluated else float("nan"),
                 })
                 print(rows[-1], flush=True)
             if steps >= budget:
@@ -128,7 +131,8 @@ def plot(rows: list[dict], path: str, title: str, random_rate: float) -> None:
         ax.plot(grid, np.nanmean(c, 0), label=f"greedy success (mean of {len(curves)} seeds)")
         ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.25)
     ax.axhline(random_rate, color="grey", ls="--", label="random play")
-    ax.set(xlabel="env steps", ylabel="success rate", title=title, ylim=(-0.02, 1.02))
+    ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02))
+    ax.set_title(title, fontsize=8)
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -167,15 +171,23 @@ def main() -> None:
         writer.writerows(rows)
     plot(rows, os.path.join(args.out, stem + ".png"), f"{exp['run']} on {exp['env']} {env_config}", rand_rate)
 
-    finals = [[r for r in rows if r["seed"] == s][-1] for s in range(args.seeds)]
+    # final = the last evaluated row of each seed (the budget's last iteration may have no evaluation)
+    finals = [[r for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]][-1] for s in range(args.seeds)]
     best = [max((r["eval_success"] for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]), default=float("nan")) for s in range(args.seeds)]
     print(f"{'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} {'final_return':>12}")
     for f_, b in zip(finals, best):
         print(f"{f_['seed']:>4} {f_['env_steps']:>9} {f_['wall_s']:>7} {f_['eval_success']:>10.2f} {b:>9.2f} {f_['eval_return']:>12.3f}")
+    # stability: mean greedy success over the evaluations in the last quarter of each seed's budget
+    last_q = []
+    for s in range(args.seeds):
+        seed_rows = [r for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]]
+        cut = 0.75 * max(r["env_steps"] for r in rows if r["seed"] == s)
+        last_q.append(round(float(np.mean([r["eval_success"] for r in seed_rows if r["env_steps"] >= cut] or [np.nan])), 3))
+    print(f"mean greedy success in the last quarter of the budget, per seed: {last_q}")
     print(f"random play: success {rand_rate:.3f}, return {rand_return:.3f}")
     print(json.dumps({
         "bench": "learning", "algo": args.algo, "env": exp["env"], "env_config": env_config, "example": os.path.relpath(path, ROOT),
-        "seeds": args.seeds, "final_eval_success": [f_["eval_success"] for f_ in finals], "best_eval_success": best,
+        "seeds": args.seeds, "final_eval_success": [f_["eval_success"] for f_ in finals], "best_eval_success": best, "last_quarter_eval_success": last_q,
         "final_eval_return": [f_["eval_return"] for f_ in finals], "env_steps": [f_["env_steps"] for f_ in finals],
         "wall_s": [f_["wall_s"] for f_ in finals], "random_success": rand_rate, "random_return": rand_return,
         "csv": os.path.join(os.path.relpath(args.out, ROOT), stem + ".csv"),
