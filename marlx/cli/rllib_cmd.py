@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("path", nargs="?", help="experiment file (tuned_examples/<algo>/<task>.yaml)")
     t.add_argument("--algo", "--run", dest="algo", help="algorithm name (RLlib's, marlx's) or import path")
     t.add_argument("--env", help="environment: marlx registry name or gymnasium id")
-    t.add_argument("--config", help="algorithm config as a JSON object")
-    t.add_argument("--stop", help="stop criteria as a JSON object, e.g. '{\"training_iteration\": 10}'")
+    t.add_argument("--config", help="algorithm config as a JSON object (with a file: overrides its entries)")
+    t.add_argument("--stop", help="stop criteria as a JSON object, e.g. '{\"training_iteration\": 10}' (with a file: replaces its stop)")
     t.add_argument("--checkpoint-freq", type=int, default=10, help="checkpoint every N iterations (and at the end)")
     t.add_argument("--name", default=None, help="experiment name (default: <algo>_<env>)")
     t.add_argument("--storage-path", default=None, help="where runs go (default ./runs)")
@@ -48,6 +48,14 @@ def _train(args) -> int:
             raise MarlxError("usage: rllib train file PATH.yaml  or  rllib train --algo X --env Y")
         data = load_experiment_file(args.path)
         source = args.path
+        # flags given with a file override every experiment's stop criteria and config entries
+        stop, overrides = parse_json_arg(args.stop, "--stop"), parse_json_arg(args.config, "--config")
+        for block in data.values():
+            if isinstance(block, dict):
+                if stop:
+                    block["stop"] = stop
+                if overrides:
+                    block["config"] = {**(block.get("config") or {}), **overrides}
     else:
         if not args.algo:
             raise MarlxError("rllib train needs 'file PATH.yaml' or --algo (and --env)")

@@ -121,13 +121,15 @@ def test_marlx_envs_lists_names_and_install_state(capsys):
 def test_rllib_train_file_checkpoint_tensorboard_and_evaluate(tmp_path):
     runs = tmp_path / "runs"
     f = write_yaml(tmp_path, {
-        "run": "PPO", "env": "builtin/push_box", "stop": {"training_iteration": 2},
+        "run": "PPO", "env": "builtin/push_box", "stop": {"training_iteration": 50},
         "checkpoint_config": {"checkpoint_frequency": 1, "checkpoint_at_end": True},
         "config": TINY_PPO,
     }, name="e2e")
-    res = run_cli(os.path.join(BIN, "rllib"), "train", "file", f, "--storage-path", str(runs))
+    # --stop given with a file replaces the file's stop criteria
+    res = run_cli(os.path.join(BIN, "rllib"), "train", "file", f, "--storage-path", str(runs),
+                  "--stop", '{"training_iteration": 2}')
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "iter    2 | env steps" in res.stdout
+    assert "iter    2 | env steps" in res.stdout and "iter    3 |" not in res.stdout
     assert glob.glob(str(runs / "e2e" / "*" / "checkpoint_*"))
     events = glob.glob(str(runs / "e2e" / "*" / "events.out.tfevents.*"))
     assert events
