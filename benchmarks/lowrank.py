@@ -104,7 +104,10 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, layer, title in [(axes[0], "3", "conv 32->64 (3x3)"), (axes[1], "8", "linear 256->128")]:
+        dense = results["full"][0].model
+        for ax, layer in [(axes[0], "3"), (axes[1], "8")]:
+            m = dense.get_submodule(layer)
+            title = f"conv {m.in_channels}->{m.out_channels}" if hasattr(m, "in_channels") else f"linear {m.in_features}->{m.out_features}"
             ax.plot(range(1, args.epochs + 1), dense_erank[layer], label="full (dense W)", color="k")
             for name in ("lowrank", "dynamic", "dynamic_svd"):
                 pts = results[name][0].erank.get(f"model/{layer}", [])
