@@ -7,6 +7,7 @@ and a PNG of the mean eval success (band: min..max over seeds). Also measures ra
 The last line printed is one JSON object.
 
     python benchmarks/learning.py --algo qmix --env builtin/push_box --seeds 3
+    python benchmarks/learning.py --algo fox,qmix --env builtin/push_box --seeds 3   # side by side, one plot
 """
 
 from __future__ import annotations
@@ -111,40 +112,69 @@ def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None) -> list[dict
     return run_seed(exp, seed, max_env_steps)
 
 
-def plot(rows: list[dict], path: str, title: str, random_rate: float) -> None:
+def eval_curve(rows: list[dict], seed: int) -> list[dict]:
+    return [r for r in rows if r["seed"] == seed and r["eval_success"] == r["eval_success"]]
+
+
+def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeds = sorted({r["seed"] for r in rows})
-    grid = np.linspace(0, max(r["env_steps"] for r in rows), 60)
-    curves = []
-    for s in seeds:
-        pts = [(r["env_steps"], r["eval_success"]) for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]]
-        if pts:
-            x, y = zip(*pts)
-            curves.append(np.interp(grid, x, y, left=np.nan))
     fig, ax = plt.subplots(figsize=(6, 4))
-    if curves:
-        c = np.array(curves)
-        ax.plot(grid, np.nanmean(c, 0), label=f"greedy success (mean of {len(curves)} seeds)")
-        ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.25)
+    top = max(r["env_steps"] for rows in rows_by_algo.values() for r in rows)
+    grid = np.linspace(0, top, 60)
+    for algo, rows in rows_by_algo.items():
+        curves = []
+        for s in sorted({r["seed"] for r in rows}):
+            pts = [(r["env_steps"], r["eval_success"]) for r in eval_curve(rows, s)]
+            if pts:
+                x, y = zip(*pts)
+                curves.append(np.interp(grid, x, y, left=np.nan))
+        if curves:
+            c = np.array(curves)
+            ax.plot(grid, np.nanmean(c, 0), label=f"{algo}: greedy success (mean of {len(curves)} seeds)")
+            ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.2)
     ax.axhline(random_rate, color="grey", ls="--", label="random play")
     ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02))
     ax.set_title(title, fontsize=8)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
+def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
+    """Per-seed final/best/last-quarter greedy success and the env steps at which success first reached
+    ``threshold`` (None when it never did)."""
+    out = {"final_eval_success": [], "best_eval_success": [], "last_quarter_eval_success": [], "final_eval_return": [],
+           "env_steps": [], "wall_s": [], "steps_to_threshold": []}
+    for s in range(seeds):
+        curve = eval_curve(rows, s)
+        final = curve[-1]
+        cut = 0.75 * max(r["env_steps"] for r in rows if r["seed"] == s)
+        reached = [r["env_steps"] for r in curve if r["eval_success"] >= threshold]
+        out["final_eval_success"].append(final["eval_success"])
+        out["best_eval_success"].append(max(r["eval_success"] for r in curve))
+        out["last_quarter_eval_success"].append(
+            round(float(np.mean([r["eval_success"] for r in curve if r["env_steps"] >= cut] or [np.nan])), 3))
+        out["final_eval_return"].append(final["eval_return"])
+        out["env_steps"].append(final["env_steps"])
+        out["wall_s"].append(final["wall_s"])
+        out["steps_to_threshold"].append(reached[0] if reached else None)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--algo", default="qmix")
+    p.add_argument("--algo", default="qmix", help="one algorithm or several, comma-separated (e.g. fox,qmix): "
+                   "they run on the same task and seeds, side by side")
     p.add_argument("--env", default="builtin/push_box")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--example", default=None, help="tuned-example YAML (default tuned_examples/<algo>/<env>.yaml)")
+    p.add_argument("--env-config", default=None, help="JSON env_config that replaces the examples' (same task for all)")
     p.add_argument("--max-env-steps", type=int, default=None, help="override the file's env-step budget")
+    p.add_argument("--threshold", type=float, default=0.5, help="success rate whose first env step is reported")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args()
 
@@ -152,46 +182,57 @@ def main() -> None:
 
     import marlx.envs.registry  # noqa: F401
 
-    path = args.example or default_example(args.algo, args.env)
-    name, exp = load_example(path)
-    exp.setdefault("env", args.env)
-    env_config = exp["config"].get("env_config", {})
-    rand_rate, rand_return = random_success(exp["env"], env_config)
-    # seeds run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
+    algos = [a.strip() for a in args.algo.split(",") if a.strip()]
+    if args.example and len(algos) > 1:
+        p.error("--example names one file: use it with one --algo")
+    exps = {}
+    for algo in algos:
+        path = args.example or default_example(algo, args.env)
+        _, exp = load_example(path)
+        exp.setdefault("env", args.env)
+        if args.env_config:
+            exp["config"]["env_config"] = json.loads(args.env_config)
+        exps[algo] = (path, exp)
+    env_configs = {json.dumps(e["config"].get("env_config", {}), sort_keys=True) for _, e in exps.values()}
+    if len(env_configs) > 1:
+        p.error(f"the examples use different tasks {sorted(env_configs)}: pass --env-config to compare on one")
+    first = next(iter(exps.values()))[1]
+    env_config = first["config"].get("env_config", {})
+    rand_rate, rand_return = random_success(first["env"], env_config)
+    # seeds (and algorithms) run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
     ray.init(num_cpus=max(2, args.seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
     remote = ray.remote(num_cpus=1)(_run_seed_task)
-    rows = [row for part in ray.get([remote.remote(exp, s, args.max_env_steps) for s in range(args.seeds)]) for row in part]
+    futures = {algo: [remote.remote(exp, s, args.max_env_steps) for s in range(args.seeds)] for algo, (_, exp) in exps.items()}
+    rows_by_algo = {algo: [row for part in ray.get(f) for row in part] for algo, f in futures.items()}
     ray.shutdown()
 
     os.makedirs(args.out, exist_ok=True)
-    stem = f"learning_{args.algo.lower()}_{exp['env'].replace('/', '_')}"
+    stem = f"learning_{'_vs_'.join(a.lower() for a in algos)}_{first['env'].replace('/', '_')}"
     with open(os.path.join(args.out, stem + ".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=["algo"] + list(next(iter(rows_by_algo.values()))[0]))
         writer.writeheader()
-        writer.writerows(rows)
-    plot(rows, os.path.join(args.out, stem + ".png"), f"{exp['run']} on {exp['env']} {env_config}", rand_rate)
+        for algo, rows in rows_by_algo.items():
+            writer.writerows({"algo": algo, **r} for r in rows)
+    plot(rows_by_algo, os.path.join(args.out, stem + ".png"), f"{' vs '.join(algos)} on {first['env']} {env_config}", rand_rate)
 
-    # final = the last evaluated row of each seed (the budget's last iteration may have no evaluation)
-    finals = [[r for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]][-1] for s in range(args.seeds)]
-    best = [max((r["eval_success"] for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]), default=float("nan")) for s in range(args.seeds)]
-    print(f"{'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} {'final_return':>12}")
-    for f_, b in zip(finals, best):
-        print(f"{f_['seed']:>4} {f_['env_steps']:>9} {f_['wall_s']:>7} {f_['eval_success']:>10.2f} {b:>9.2f} {f_['eval_return']:>12.3f}")
-    # stability: mean greedy success over the evaluations in the last quarter of each seed's budget
-    last_q = []
-    for s in range(args.seeds):
-        seed_rows = [r for r in rows if r["seed"] == s and r["eval_success"] == r["eval_success"]]
-        cut = 0.75 * max(r["env_steps"] for r in rows if r["seed"] == s)
-        last_q.append(round(float(np.mean([r["eval_success"] for r in seed_rows if r["env_steps"] >= cut] or [np.nan])), 3))
-    print(f"mean greedy success in the last quarter of the budget, per seed: {last_q}")
+    summary = {algo: summarise(rows, args.seeds, args.threshold) for algo, rows in rows_by_algo.items()}
+    print(f"{'algo':>6} {'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} "
+          f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14}")
+    for algo, sm in summary.items():
+        for s in range(args.seeds):
+            print(f"{algo:>6} {s:>4} {sm['env_steps'][s]:>9} {sm['wall_s'][s]:>7} {sm['final_eval_success'][s]:>10.2f} "
+                  f"{sm['best_eval_success'][s]:>9.2f} {sm['last_quarter_eval_success'][s]:>12.3f} "
+                  f"{str(sm['steps_to_threshold'][s]):>14}")
     print(f"random play: success {rand_rate:.3f}, return {rand_return:.3f}")
-    print(json.dumps({
-        "bench": "learning", "algo": args.algo, "env": exp["env"], "env_config": env_config, "example": os.path.relpath(path, ROOT),
-        "seeds": args.seeds, "final_eval_success": [f_["eval_success"] for f_ in finals], "best_eval_success": best, "last_quarter_eval_success": last_q,
-        "final_eval_return": [f_["eval_return"] for f_ in finals], "env_steps": [f_["env_steps"] for f_ in finals],
-        "wall_s": [f_["wall_s"] for f_ in finals], "random_success": rand_rate, "random_return": rand_return,
-        "csv": os.path.join(os.path.relpath(args.out, ROOT), stem + ".csv"),
-    }))
+    result = {"bench": "learning", "algos": algos, "env": first["env"], "env_config": env_config, "seeds": args.seeds,
+              "threshold": args.threshold, "random_success": rand_rate, "random_return": rand_return,
+              "examples": {a: os.path.relpath(path, ROOT) for a, (path, _) in exps.items()},
+              "csv": os.path.join(os.path.relpath(args.out, ROOT), stem + ".csv")}
+    if len(algos) == 1:
+        result.update(algo=algos[0], **summary[algos[0]])
+    else:
+        result["results"] = summary
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
