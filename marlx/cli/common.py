@@ -68,6 +68,10 @@ def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address
     from marlx.cli.evaluate import evaluate_checkpoint, find_checkpoint
     from marlx.cli.runner import init_ray
 
+    from marlx.errors import MarlxError
+
+    if episodes < 1:
+        raise MarlxError(f"--episodes must be >= 1, got {episodes}")
     find_checkpoint(checkpoint)  # fail on a bad path before Ray starts
     init_ray(address)
     res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo)

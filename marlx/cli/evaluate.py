@@ -68,7 +68,7 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
     else:
         config = config_dict.copy(copy_frozen=False)
     config.env_runners(num_env_runners=0)
-    config.learners(num_learners=0)
+    config.learners(num_learners=0, num_gpus_per_learner=0)
     config.evaluation(
         evaluation_interval=1,
         evaluation_num_env_runners=0,

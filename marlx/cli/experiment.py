@@ -38,7 +38,8 @@ EXPERIMENT_KEYS = {
 }
 
 # Keys that RLlib's update_from_dict understands although they are no attributes of the config.
-_SPECIAL_CONFIG_KEYS = {"multiagent", "callbacks_class", "env_config", "model", "optimizer", "replay_buffer_config"}
+_SPECIAL_CONFIG_KEYS = {"multiagent", "callbacks_class", "env_config", "model", "optimizer", "replay_buffer_config",
+                        "model_config"}
 # Keys that the RLlib CLI accepted and Ray 2.60 renamed (rllib-notes.md).
 RENAMED_CONFIG_KEYS = {
     "num_sgd_iter": "num_epochs",
@@ -124,6 +125,10 @@ def resolve_algorithm(name: str) -> type:
         cls = _import_path(name)
         if cls is None:
             raise MarlxError(f"cannot import algorithm {name!r}; use 'package.module:Class'")
+        from ray.rllib.algorithms.algorithm import Algorithm
+
+        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+            raise MarlxError(f"run: {name!r} is not an RLlib Algorithm class")
         return cls
     raise UnknownNameError(
         "algorithm", name, algorithm_names() + rllib_algorithm_names(),
@@ -175,7 +180,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
     resolves them per trial) after their key was validated.
     """
     from marlx.callbacks import TeamMetricsCallback
-    from marlx.envs.registry import VIEW_KEY, is_registered
+    from marlx.envs.registry import VIEW_KEY, VIEWS, is_registered
     from marlx.optim.rllib_hooks import apply_optim
 
     if not isinstance(config, dict):
@@ -192,16 +197,34 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if key in MARLX_CONFIG_KEYS:
             marlx_sections[key] = value
             continue
+        # Private AlgorithmConfig helper (Ray 2.60): the same key translation update_from_dict applies.
         translated = algo_config._translate_special_keys(key, warn_deprecated=False)
         if not (hasattr(algo_config, translated) or translated in _SPECIAL_CONFIG_KEYS):
             valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
             raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
         (search_space if _is_search_space(value) else fixed)[key] = value
     env = fixed.pop("env", env)
+    model_config = fixed.pop("model_config", None)  # a read-only property: set through rl_module()
+    if "env_config" in fixed and not isinstance(fixed["env_config"], dict):
+        raise MarlxError(f"{where}.env_config must be a mapping of env options")
     algo_config.update_from_dict(fixed)
+    if model_config is not None:
+        if not isinstance(model_config, dict):
+            raise MarlxError(f"{where}.model_config must be a mapping")
+        algo_config.rl_module(model_config=model_config)
+    if is_team_algorithm(algo_class) and (env is None or not is_registered(env)):
+        from marlx.envs.registry import env_names
+
+        raise MarlxError(
+            f"{algo_class.__name__} trains on marlx team envs; env {env!r} is not one. "
+            f"Use a registered name (`marlx envs`), e.g. {', '.join(env_names()[:3])}"
+        )
     if env is not None:
         env = resolve_env(env)
         env_config = dict(algo_config.env_config or {})
+        view = env_config.get(VIEW_KEY, "team")
+        if view not in VIEWS or (is_team_algorithm(algo_class) and view != "team"):
+            raise MarlxError(f"{where}.env_config.{VIEW_KEY} must be one of {VIEWS} ('team' for {algo_class.__name__}), got {view!r}")
         if is_registered(env) and not is_team_algorithm(algo_class):
             # A per-agent RLlib algorithm on a marlx team env: its MultiAgentEnv view, one shared policy.
             env_config.setdefault(VIEW_KEY, "multi_agent")
@@ -216,6 +239,10 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if not isinstance(marlx_sections["optim"], dict):
             raise MarlxError(f"{where}.optim must map technique names to their options, e.g. optim: {{sam: {{rho: 0.05}}}}")
         apply_optim(algo_config, marlx_sections["optim"])
+    try:  # the algorithm's own checks, here in the driver rather than inside a Ray actor
+        algo_config.validate()
+    except (ValueError, TypeError, KeyError) as e:
+        raise MarlxError(f"{where} (of {algo_class.__name__}) is invalid: {e}") from None
     return algo_config, search_space, notices
 
 
@@ -239,7 +266,54 @@ def _check_env_config(env: str, env_config: dict) -> None:
     from marlx.envs.registry import VIEW_KEY, is_registered, make_env
 
     if is_registered(env):
-        make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY and not _is_search_space(v)}).close()
+        try:
+            make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY and not _is_search_space(v)}).close()
+        except MarlxError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise MarlxError(f"env_config of {env!r} is invalid: {e}") from None
+
+
+#: Stop keys known without a "/" path (Tune's and RLlib's top-level result keys).
+STOP_KEYS = {"training_iteration", "time_total_s", "num_env_steps_sampled_lifetime", "num_env_steps_trained_lifetime",
+             "num_episodes_lifetime", "timesteps_total"}
+CHECKPOINT_KEYS = {"checkpoint_frequency": "every N iterations", "checkpoint_at_end": "true/false",
+                   "num_to_keep": "keep the newest K"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def check_stop(stop: dict, where: str) -> dict:
+    """Stop criteria with aliases resolved; a typo would make Tune run forever, so unknown keys fail here."""
+    out = {}
+    for key, value in _flatten(stop).items():
+        key = STOP_ALIASES.get(key, key)
+        if "/" not in key and key not in STOP_KEYS:
+            raise ConfigKeyError(key, f"{where}: stop", sorted(STOP_KEYS | set(STOP_ALIASES)))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MarlxError(f"{where}: stop value of {key!r} must be a number, got {value!r}")
+        out[key] = value
+    return out
+
+
+def check_checkpoint_config(ckpt: dict, where: str) -> dict:
+    if "checkpoint_freq" in ckpt:  # the classic name
+        ckpt["checkpoint_frequency"] = ckpt.pop("checkpoint_freq")
+    for key, value in ckpt.items():
+        if key not in CHECKPOINT_KEYS:
+            raise ConfigKeyError(key, f"{where}: checkpoint_config", CHECKPOINT_KEYS)
+        if key != "checkpoint_at_end" and value is not None and (not isinstance(value, int) or value < 1):
+            raise MarlxError(f"{where}: checkpoint_config.{key} must be a positive integer, got {value!r}")
+    return ckpt
 
 
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:
@@ -254,6 +328,9 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
                 raise ConfigKeyError(key, f"experiment {name!r}", EXPERIMENT_KEYS)
         if "run" not in block:
             raise MarlxError(f"{where} has no 'run' key; add e.g. run: QMIX")
+        for key, kind in (("config", dict), ("stop", dict), ("checkpoint_config", dict)):
+            if block.get(key) is not None and not isinstance(block[key], kind):
+                raise MarlxError(f"{where}: '{key}' must be a mapping, got {type(block[key]).__name__}")
         algo_class = resolve_algorithm(block["run"])
         config_dict = dict(block.get("config") or {})
         env = block.get("env", config_dict.get("env"))
@@ -262,7 +339,12 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
         stop = dict(block.get("stop") or {})
         if "stop_reward" in block:
             stop["env_runners/episode_return_mean"] = block["stop_reward"]
-        stop = {STOP_ALIASES.get(k, k): v for k, v in stop.items()}
+        stop = check_stop(stop, where)
+        ckpt = check_checkpoint_config(dict(block.get("checkpoint_config") or {}), where)
+        try:
+            num_samples = int(block.get("num_samples", 1))
+        except (TypeError, ValueError):
+            raise MarlxError(f"{where}: num_samples must be an integer, got {block['num_samples']!r}") from None
         storage = storage_path or block.get("storage_path") or block.get("local_dir") or "runs"
         experiments.append(
             Experiment(
@@ -273,9 +355,9 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
                 config=config,
                 search_space=search,
                 stop=stop,
-                checkpoint_config=dict(block.get("checkpoint_config") or {}),
+                checkpoint_config=ckpt,
                 storage_path=os.path.abspath(os.path.expanduser(storage)),
-                num_samples=int(block.get("num_samples", 1)),
+                num_samples=num_samples,
                 notices=notices,
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 
 from marlx.cli.experiment import Experiment
@@ -20,7 +21,7 @@ def init_ray(address: str | None = None) -> None:
     if address:
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as e:
+        except (ConnectionError, ValueError, RuntimeError) as e:
             raise MarlxError(
                 f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head` "
                 "or drop --address to run on this machine"
@@ -79,6 +80,17 @@ def _progress_callback():
     return ProgressLines()
 
 
+_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception): ")
+
+
+def root_cause(error: BaseException) -> str:
+    """The first exception line of a trial's error chain: RLlib re-raises some errors as a different,
+    misleading one (e.g. module set-up failures as an RLModuleConfig deprecation), and the first is the cause."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    found = [line for line in lines if _ERROR_LINE.match(line)]
+    return found[0] if found else (lines[-1] if lines else type(error).__name__)
+
+
 def experiment_dir(exp: Experiment) -> str:
     return os.path.join(exp.storage_path, exp.name)
 
@@ -131,7 +143,7 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
     results = tuner.fit()
     for res in results:
         if res.error:
-            raise MarlxError(f"training of {exp.name!r} failed: {str(res.error).strip().splitlines()[-1]} (details in {res.path}/error.txt)")
+            raise MarlxError(f"training of {exp.name!r} failed: {root_cause(res.error)} (details in {res.path}/error.txt)")
     if verbose:
         for res in results:
             ckpt = res.checkpoint.path if res.checkpoint else "none"

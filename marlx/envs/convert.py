@@ -152,14 +152,15 @@ class MultiAgentTeamEnv(TeamEnv):
     def _reset(self, rng, options):
         seed = int(rng.integers(2**31 - 1))
         obs, infos = self.env.reset(seed=seed, options=options)
+        self._live = [a for a in self.ids if a in obs]
         self._ingest(obs)
         return {}
 
     def _step(self, actions):
-        live = [a for a in self.ids if a in getattr(self, "_last_live", self.ids)]
-        action_dict = {a: int(actions[self.ids.index(a)]) for a in live}
+        action_dict = {a: int(actions[i]) for i, a in enumerate(self.ids) if a in self._live}
         obs, rewards, terms, truncs, infos = self.env.step(action_dict)
-        self._last_live = [a for a in self.ids if a in obs]
+        # an agent that is done still returns its final observation, but acts no more
+        self._live = [a for a in self._live if not (terms.get(a) or truncs.get(a))]
         self._ingest(obs)
         values = [float(r) for r in rewards.values()] or [0.0]
         reward = float(np.sum(values)) if self.team_reward == "sum" else float(np.mean(values))
@@ -169,8 +170,6 @@ class MultiAgentTeamEnv(TeamEnv):
         for v in infos.values():
             if isinstance(v, dict) and self.success_key in v:
                 info["success"] = bool(v[self.success_key])
-        if terminated or self._env_truncated:
-            self._last_live = self.ids
         return reward, terminated, info
 
     def get_obs(self):

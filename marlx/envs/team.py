@@ -87,13 +87,14 @@ class TeamEnv(gym.Env):
 
     # -- gymnasium API ------------------------------------------------------------------------
     def team_obs(self) -> dict[str, np.ndarray]:
+        # Copies: an env may reuse its buffers, and an observation must not change after it is returned.
         out = {
-            OBS: np.asarray(self.get_obs(), np.float32),
-            STATE: np.asarray(self.get_state(), np.float32),
-            AVAIL: np.asarray(self.get_avail_actions(), np.float32),
+            OBS: np.array(self.get_obs(), np.float32),
+            STATE: np.array(self.get_state(), np.float32),
+            AVAIL: np.array(self.get_avail_actions(), np.float32),
         }
         if self.position_dim:
-            out[POSITIONS] = np.asarray(self.get_positions(), np.float32)
+            out[POSITIONS] = np.array(self.get_positions(), np.float32)
         return out
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -137,6 +137,40 @@ def mlp(in_dim: int = 64, num_classes: int = 10, hidden: int = 128, depth: int =
     return nn.Sequential(*layers)
 
 
+class _ResidualBlock(nn.Module):
+    def __init__(self, hidden: int, norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden) if norm else nn.Identity()
+        self.fc = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(torch.relu(self.norm(x)))
+
+
+class _ResidualMLP(nn.Module):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int, blocks: int, norm: bool):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.Sequential(*[_ResidualBlock(hidden, norm) for _ in range(blocks)])
+        self.out_norm = nn.LayerNorm(hidden) if norm else nn.Identity()
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.inp(x.flatten(1)))
+        return self.out(torch.relu(self.out_norm(h)))
+
+
+def residual_mlp(in_dim: int = 64, num_classes: int = 10, hidden: int = 64, blocks: int = 12,
+                 norm: bool = True) -> nn.Module:
+    """A deep pre-norm residual MLP (flattens its input): ``Linear(in_dim, hidden)``, ``blocks`` residual blocks
+    ``x + Linear(relu(LayerNorm(x)))``, then ``Linear(hidden, num_classes)`` after a LayerNorm and ReLU.
+
+    ``blocks + 2`` weight matrices, the ``blocks`` hidden ones of equal size: a many-layer model in which every
+    layer holds a small share of the parameters (what FedLUAR's layer recycling is meant for), fast on a CPU.
+    """
+    return _ResidualMLP(in_dim, num_classes, hidden, blocks, norm)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: ArrayDataset, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (eval mode, restored afterwards)."""

@@ -175,3 +175,32 @@ def test_marlx_train_resume_continues_interrupted_run(tmp_path):
     assert "resuming resumable" in res.stdout
     iters = [int(line.split()[1]) for line in res.stdout.splitlines() if line.startswith("iter ")]
     assert iters and iters[0] > 1 and iters[-1] == 6, iters  # continued, not restarted
+
+
+def test_stop_key_typo_is_caught(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "stop": {"training_iterations": 3}})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "'training_iterations'" in err and "training_iteration" in err
+
+
+def test_team_algorithm_needs_a_team_env(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "QMIX", "env": "CartPole-v1"})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "QMIX trains on marlx team envs" in err
+
+
+def test_algorithm_validation_runs_before_ray(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "QMIX", "env": "builtin/push_box", "config": {"mixer": "qmx"}})
+    err = error_of(rllib_cmd.main, ["train", "file", f], capsys)
+    assert "mixer must be one of" in err
+
+
+def test_model_config_and_classic_checkpoint_freq_are_accepted():
+    from marlx.cli.experiment import parse_experiments
+
+    (exp,) = parse_experiments({"e": {
+        "run": "PPO", "env": "builtin/push_box", "checkpoint_config": {"checkpoint_freq": 3},
+        "config": {"model_config": {"fcnet_hiddens": [32, 32]}},
+    }})
+    assert exp.config.model_config["fcnet_hiddens"] == [32, 32]
+    assert exp.checkpoint_config == {"checkpoint_frequency": 3}

@@ -104,3 +104,50 @@ def test_bad_env_config_key_names_valid_keys():
     with pytest.raises(ConfigKeyError) as e:
         make_env("builtin/push_box", sise=4)
     assert "'sise'" in str(e.value) and "size" in str(e.value)
+
+
+def test_multi_agent_team_env_stops_acting_for_done_agents_and_resets_them():
+    import gymnasium as gym
+    from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+    class TwoAgents(MultiAgentEnv):
+        """Agent b is done after one step; a after three."""
+
+        def __init__(self):
+            super().__init__()
+            self.agents = self.possible_agents = ["a", "b"]
+            self.observation_spaces = {k: gym.spaces.Box(0, 1, (1,), np.float32) for k in self.agents}
+            self.action_spaces = {k: gym.spaces.Discrete(2) for k in self.agents}
+            self.seen = []
+
+        def reset(self, *, seed=None, options=None):
+            self.t = 0
+            return {k: np.zeros(1, np.float32) for k in self.agents}, {}
+
+        def step(self, action_dict):
+            self.seen.append(sorted(action_dict))
+            self.t += 1
+            obs = {k: np.ones(1, np.float32) for k in action_dict}
+            terms = {k: (k == "b") or self.t >= 3 for k in action_dict}
+            terms["__all__"] = self.t >= 3
+            return obs, {k: 1.0 for k in action_dict}, terms, {"__all__": False}, {}
+
+    inner = TwoAgents()
+    team = MultiAgentTeamEnv(inner, episode_limit=10)
+    for _ in range(2):
+        team.reset(seed=0)
+        inner.seen.clear()
+        done = False
+        while not done:
+            _, _, te, tr, _ = team.step(np.zeros(2, np.int64))
+            done = te or tr
+        assert inner.seen == [["a", "b"], ["a"], ["a"]]
+    assert team.get_avail_actions()[1].tolist() == [1.0, 0.0]  # a done agent may only take action 0
+
+
+def test_returned_observations_do_not_change_after_later_steps():
+    env = make_env("mpe/simple_spread")
+    obs, _ = env.reset(seed=0)
+    before = obs[OBS].copy()
+    env.step(np.zeros(env.n_agents, np.int64))
+    np.testing.assert_array_equal(obs[OBS], before)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from marlx.errors import MarlxError, UnknownNameError
-from marlx.optim.data import ArrayDataset, load_digits, mlp, small_cnn
+from marlx.optim.data import ArrayDataset, load_digits, mlp, residual_mlp, small_cnn
 from marlx.optim.fl import (
     FederatedTrainer, FLConfig, LayerRecycler, ScaledModel, assign_tiers, dirichlet_partition, kd_loss, kd_weight,
     layer_groups, make_strategy, masked_average, numel,
@@ -158,6 +158,38 @@ def test_fedluar_score_is_update_norm_over_weight_norm():
     new = rec.aggregate(x0, {"w": torch.tensor([[3.0, 4.5]]), "b": torch.ones(1)})
     assert rec.scores["w"] == pytest.approx(0.5 / 5.0)
     assert "b" not in rec.scores and torch.equal(new["b"], torch.ones(1))
+
+
+def test_fedluar_consecutive_recycling_reapplies_the_same_update_and_keeps_the_score():
+    # A layer recycled in consecutive rounds moves by the same Delta_prev each time (x0 + k * Delta) and keeps the
+    # score of the last round it was uploaded; when uploaded again, both are refreshed from that round.
+    x0 = {"a": torch.tensor([[3.0, 4.0]]), "b": torch.tensor([[1.0, 0.0]]), "bias": torch.zeros(2)}
+    rec = LayerRecycler(x0, delta=1, seed=0)
+    x1 = rec.aggregate(x0, {"a": torch.tensor([[3.0, 4.5]]), "b": torch.tensor([[2.0, 0.0]]), "bias": torch.ones(2)})
+    assert rec.scores == pytest.approx({"a": 0.1, "b": 1.0})
+    rec.scores["b"] = 1e9  # make "a" (almost) sure to be drawn
+    state, bias = x1, torch.ones(2)
+    for k in range(1, 4):
+        assert rec.choose() == ["a"]
+        bias = bias + 1
+        state = rec.aggregate(state, {"b": state["b"] + 1, "bias": bias})  # clients do not send "a"
+        assert torch.equal(state["a"], torch.tensor([[3.0, 4.5 + 0.5 * k]]))
+        assert rec.scores["a"] == pytest.approx(0.1)
+        assert torch.equal(state["bias"], bias)  # non-candidates are always averaged
+    rec.recycled = []  # "a" uploaded again: fresh update and score from its current weights
+    new_a = state["a"] + torch.tensor([[0.0, 1.0]])
+    rec.aggregate(state, {"a": new_a, "b": state["b"], "bias": bias})
+    assert torch.equal(rec.prev_update["a"], torch.tensor([[0.0, 1.0]]))
+    assert rec.scores["a"] == pytest.approx(1.0 / float(state["a"].norm()))
+
+
+def test_residual_mlp_fedluar_candidates_are_its_weight_matrices_only():
+    model = residual_mlp(hidden=16, blocks=5)
+    rec = LayerRecycler(model.state_dict(), delta=6)
+    assert len(rec.candidates) == 7 and all(k.endswith("weight") and "norm" not in k for k in rec.candidates)
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    with pytest.raises(MarlxError):
+        LayerRecycler(model.state_dict(), delta=7)
 
 
 # ---------------------------------------------------------------- EmbracingFL

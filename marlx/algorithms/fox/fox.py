@@ -84,6 +84,7 @@ class FoXConfig(QMIXConfig):
 
     @property
     def _model_config_auto_includes(self) -> dict[str, Any]:
+        # Private AlgorithmConfig hook (Ray 2.60), the same one QMIXConfig extends: config -> model_config.
         return super()._model_config_auto_includes | {k: getattr(self, k) for k in FOX_MODEL_DEFAULTS}
 
     def get_default_rl_module_spec(self) -> RLModuleSpec:

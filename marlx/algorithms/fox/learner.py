@@ -31,14 +31,14 @@ class FoXLearner(QMIXLearner):
         cfg = self.config
         self.vaes: dict[str, FormationVAE] = {}
         self.normalisers: dict[str, AwarenessNormaliser] = {}
-        for module_id, module in self.module._rl_modules.items():
+        for module_id, module in self.module.items():
             module = module.unwrapped()
             self.vaes[module_id] = FormationVAE(
                 n_agents=module.n_agents, hidden_dim=module.hidden_dim, vae_hidden=cfg.vae_hidden_dim,
                 latent_dim=cfg.vae_latent_dim, key_scale=cfg.vae_key_scale, tau_weight=cfg.vae_tau_weight,
                 lr=cfg.vae_lr, grad_clip=cfg.vae_grad_clip, released_grad_accumulation=cfg.released_grad_accumulation,
                 kl_weight=cfg.vae_kl_weight, encoder=module.formation_encoder,
-            ).to(self._device)
+            ).to(next(module.parameters()).device)
             self.normalisers[module_id] = AwarenessNormaliser(cfg.bonus_normalisation)
         self._vae_inputs: dict[str, tuple] = {}
         self._vae_rng = torch.Generator().manual_seed(int(cfg.seed or 0))

@@ -151,8 +151,8 @@ class FormationVAE(nn.Module):
         """
         target = keys.float() / self.key_scale
         stats = [self.encoder(h) for h in (h_i, h_far, h_near)]
-        log_q = torch.zeros(target.shape[:-1])
-        log_p = torch.zeros(target.shape[:-1])
+        log_q = torch.zeros(target.shape[:-1], device=target.device)
+        log_p = torch.zeros(target.shape[:-1], device=target.device)
         for _ in range(n_samples):
             z = [FormationEncoder.sample(m, v) for m, v in stats]
             noise = [torch.randn_like(zz) for zz in z]

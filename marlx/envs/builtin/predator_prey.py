@@ -53,6 +53,8 @@ class PredatorPreyEnv(TeamEnv):
         prey_move_prob: float = 1.0,
         episode_limit: int = 50,
     ):
+        if size < 2:
+            raise ValueError(f"predator_prey needs size >= 2, got {size}")
         if capture_needed > n_predators:
             raise ValueError(f"capture_needed={capture_needed} exceeds n_predators={n_predators}: unsolvable")
         if capture_needed > 4:
