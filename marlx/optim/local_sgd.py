@@ -570,13 +570,17 @@ class LocalSGDHook(LearnerHook):
 
     name = "local_sgd"
 
-    def __init__(self, learner, every: int = 4, momentum: str = "keep", **options: Any) -> None:
+    @classmethod
+    def check_options(cls, every: int = 4, momentum: str = "keep", **options: Any) -> None:
         if options:
             raise MarlxError(f"local_sgd hook: unknown option(s) {', '.join(sorted(options))}; valid: every, momentum")
         if int(every) < 1:
             raise MarlxError(f"local_sgd hook: every must be >= 1, got {every}")
         if momentum not in MOMENTUM_POLICIES:
             raise MarlxError(f"local_sgd hook: momentum={momentum!r} is not one of {', '.join(MOMENTUM_POLICIES)}")
+
+    def __init__(self, learner, every: int = 4, momentum: str = "keep", **options: Any) -> None:
+        self.check_options(every=every, momentum=momentum, **options)
         super().__init__(learner, every=every, momentum=momentum)
         self.every, self.momentum = int(every), momentum
         self.num_updates = self.num_averages = 0

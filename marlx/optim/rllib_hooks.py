@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from marlx.errors import UnknownNameError
+from marlx.errors import MarlxError, UnknownNameError
 
 OPTIM_KEY = "optim"
 
@@ -49,6 +49,10 @@ class LearnerHook:
         A technique that changes the module's structure (``lowrank`` converts layers) does it here, so
         the optimisers, the parameter registry and a DDP wrapper all see the final parameters.
         """
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Raise a clear error for bad options; called by :func:`apply_optim` before any Ray actor starts."""
 
     def on_build(self) -> None:
         """After the learner has built its module and optimisers."""
@@ -166,8 +170,15 @@ def apply_optim(config, optim: dict[str, dict] | None):
     """
     if not optim:
         return config
-    for name in optim:
-        get_hook(name)
+    for name, opts in optim.items():
+        if opts is not None and not isinstance(opts, dict):
+            raise MarlxError(f"optim.{name} must map option names to values, got {opts!r}")
+        try:
+            get_hook(name).check_options(**(opts or {}))
+        except MarlxError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:
+            raise MarlxError(f"optim.{name}: {e}") from None
     base = config._learner_class or config.get_default_learner_class()
     config.learners(learner_class=with_optim_hooks(base), learner_config_dict={OPTIM_KEY: dict(optim)})
     return config

@@ -204,3 +204,9 @@ def test_model_config_and_classic_checkpoint_freq_are_accepted():
     }})
     assert exp.config.model_config["fcnet_hiddens"] == [32, 32]
     assert exp.checkpoint_config == {"checkpoint_frequency": 3}
+
+
+def test_optim_option_typo_is_caught_before_ray(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "config": {"optim": {"sam": {"rhoo": 0.1}}}})
+    err = error_of(marlx_cmd.main, ["train", f], capsys)
+    assert "'rhoo'" in err and "rho" in err

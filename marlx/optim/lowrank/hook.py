@@ -48,6 +48,10 @@ class LowRankHook(LearnerHook):
     name = "lowrank"
 
     @classmethod
+    def check_options(cls, **options: Any) -> None:
+        _split(options)
+
+    @classmethod
     def prepare_module(cls, learner, **options: Any) -> None:
         config, modules = _split(options)
         if getattr(learner.config, "num_learners", 0) > 1:

@@ -33,6 +33,10 @@ from marlx.optim.sam.core import SAMConfig, ascent_step, critical_layers, frozen
 class SAMHook(LearnerHook):
     name = "sam"
 
+    @classmethod
+    def check_options(cls, **options) -> None:
+        SAMConfig.from_dict(options)
+
     def __init__(self, learner, **options) -> None:
         super().__init__(learner, **options)
         self.config = SAMConfig.from_dict(options)
