@@ -94,3 +94,20 @@ def test_fox_formations_from_positions_and_released_flag(ray_session):
 def test_invalid_fox_options_are_rejected():
     with pytest.raises(ValueError, match="formation_source"):
         fox_config(formation_source="pixels").validate()
+
+
+def test_formation_head_samples_z_by_default_and_mean_is_deterministic():
+    from marlx.algorithms.fox.module import FormationAwareAgent
+    from marlx.modules.agent import RNNAgent
+
+    torch.manual_seed(0)
+    x, h = torch.randn(6, 10), torch.zeros(6, 64)
+    sampled = FormationAwareAgent(RNNAgent(10, 5, 64), n_agents=3, n_actions=5, latent_dim=8, vae_hidden=16, local_hidden=16)
+    q1, q2 = sampled(x, h)[0], sampled(x, h)[0]
+    assert not torch.allclose(q1, q2)
+    sampled.sample_latent = False
+    torch.testing.assert_close(sampled(x, h)[0], sampled(x, h)[0])
+    # gradients of the TD loss never reach the encoder
+    sampled(x, h)[0].sum().backward()
+    assert all(p.grad is None for p in sampled.encoder.parameters())
+    assert sampled.formation_head.weight.grad is not None and sampled.local_w1.grad is not None

@@ -26,7 +26,7 @@ _FOX_OPTIONS = (
     "beta1", "beta2", "formation_round", "formation_source", "bonus_normalisation", "hash_seed",
     "vae_latent_dim", "vae_hidden_dim", "vae_lr", "vae_grad_clip", "vae_samples_per_update", "vae_tau_weight",
     "vae_key_scale", "vae_kl_weight", "awareness_samples", "local_head_l1", "local_head_hidden",
-    "released_grad_accumulation",
+    "released_grad_accumulation", "formation_latent",
 )
 
 
@@ -74,6 +74,9 @@ class FoXConfig(QMIXConfig):
         self.local_head_hidden: int = 64
         #: Reproduce the released code's gradient accumulation in the VAE update (off: intended losses).
         self.released_grad_accumulation: bool = False
+        #: Latent the formation head reads: "sample" (z ~ q(z | h), the paper) or "mean" (marlx option:
+        #: the posterior mean, deterministic action values).
+        self.formation_latent: str = "sample"
 
     def training(self, **kwargs) -> "FoXConfig":
         fox = {k: kwargs.pop(k) for k in list(kwargs) if k in _FOX_OPTIONS}
@@ -100,6 +103,8 @@ class FoXConfig(QMIXConfig):
             errors.append(f"formation_source must be 'obs' or 'positions', got {self.formation_source!r}")
         if self.bonus_normalisation not in ("grf", "smac"):
             errors.append(f"bonus_normalisation must be 'grf' or 'smac', got {self.bonus_normalisation!r}")
+        if self.formation_latent not in ("sample", "mean"):
+            errors.append(f"formation_latent must be 'sample' or 'mean', got {self.formation_latent!r}")
         if self.vae_samples_per_update < 1 or self.awareness_samples < 1:
             errors.append("vae_samples_per_update and awareness_samples must be >= 1")
         if errors:

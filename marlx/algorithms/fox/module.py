@@ -3,8 +3,8 @@
 ``Q_i = W h_i + MLP_i(h_i) + W_f z_i`` (spec §2): ``W`` is the shared agent network's output layer, ``MLP_i``
 a per-agent local head (CDS; an L1 penalty keeps it small, see the learner), ``W_f`` a linear formation head on
 the latent of the formation encoder q(z | h_i). The encoder is trained only by the formation VAE (its TD
-gradient is dropped). marlx's choice: the Q head reads the posterior mean of q(z | h_i), so action values are
-deterministic; the VAE losses and the awareness bonus sample z.
+gradient is dropped). ``formation_latent="sample"`` (default, the spec's z_i ~ q(z | h_i)) samples z for the Q head;
+``"mean"`` (marlx option) reads the posterior mean, which makes action values deterministic.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES, QMIXRLModule
 FOX_HIDDEN = "fox_hidden"
 FOX_LOCAL_Q = "fox_local_q"
 
-FOX_MODEL_DEFAULTS = {"vae_latent_dim": 64, "vae_hidden_dim": 128, "local_head_hidden": 64}
+FOX_MODEL_DEFAULTS = {"vae_latent_dim": 64, "vae_hidden_dim": 128, "local_head_hidden": 64, "formation_latent": "sample"}
 
 
 class FormationAwareAgent(nn.Module):
@@ -30,8 +30,10 @@ class FormationAwareAgent(nn.Module):
     Called like :class:`~marlx.modules.agent.RNNAgent` with rows ordered ``(batch, agent)``.
     """
 
-    def __init__(self, base: RNNAgent, n_agents: int, n_actions: int, latent_dim: int, vae_hidden: int, local_hidden: int):
+    def __init__(self, base: RNNAgent, n_agents: int, n_actions: int, latent_dim: int, vae_hidden: int,
+                 local_hidden: int, sample_latent: bool = True):
         super().__init__()
+        self.sample_latent = sample_latent
         self.base = base
         self.n_agents = n_agents
         hidden = base.hidden_dim
@@ -53,8 +55,9 @@ class FormationAwareAgent(nn.Module):
         local = F.relu(torch.einsum("bnh,nhk->bnk", hh, self.local_w1) + self.local_b1)
         local = (torch.einsum("bnk,nka->bna", local, self.local_w2) + self.local_b2).reshape(h.shape[0], -1)
         with torch.no_grad():  # the encoder learns from the VAE losses only
-            mu, _ = self.encoder(h)
-        return shared_q + local + self.formation_head(mu), h, local
+            mu, logvar = self.encoder(h)
+            z = FormationEncoder.sample(mu, logvar) if self.sample_latent else mu
+        return shared_q + local + self.formation_head(z), h, local
 
     def forward(self, inputs: torch.Tensor, hidden: torch.Tensor):
         q, h, _ = self.forward_parts(inputs, hidden)
@@ -69,6 +72,7 @@ class FoXRLModule(QMIXRLModule):
         self.agent = FormationAwareAgent(
             self.agent, self.n_agents, self.n_actions,
             int(cfg["vae_latent_dim"]), int(cfg["vae_hidden_dim"]), int(cfg["local_head_hidden"]),
+            sample_latent=cfg["formation_latent"] == "sample",
         )
 
     @property
