@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--env", help="environment: marlx registry name or gymnasium id")
     t.add_argument("--config", help="algorithm config as a JSON object (with a file: overrides its entries)")
     t.add_argument("--stop", help="stop criteria as a JSON object, e.g. '{\"training_iteration\": 10}' (with a file: replaces its stop)")
-    t.add_argument("--checkpoint-freq", type=int, default=10, help="checkpoint every N iterations (and at the end)")
+    t.add_argument("--checkpoint-freq", type=int, default=None,
+                   help="checkpoint every N iterations, and at the end (default 10; with a file: overrides it)")
     t.add_argument("--name", default=None, help="experiment name (default: <algo>_<env>)")
     t.add_argument("--storage-path", default=None, help="where runs go (default ./runs)")
     t.add_argument("--address", default=None, help="join a Ray cluster: 'auto' or HOST:PORT (default: start Ray here)")
@@ -46,6 +47,9 @@ def _train(args) -> int:
     if args.file_kw is not None:
         if args.file_kw != "file" or not args.path:
             raise MarlxError("usage: rllib train file PATH.yaml  or  rllib train --algo X --env Y")
+        ignored = [flag for flag, value in (("--algo", args.algo), ("--env", args.env), ("--name", args.name)) if value]
+        if ignored:
+            raise MarlxError(f"{', '.join(ignored)} cannot be combined with a file: edit run/env/name in {args.path}")
         data = load_experiment_file(args.path)
         source = args.path
         # flags given with a file override every experiment's stop criteria and config entries
@@ -56,6 +60,9 @@ def _train(args) -> int:
                     block["stop"] = stop
                 if overrides:
                     block["config"] = {**(block.get("config") or {}), **overrides}
+                if args.checkpoint_freq:
+                    block["checkpoint_config"] = {**(block.get("checkpoint_config") or {}),
+                                                  "checkpoint_frequency": args.checkpoint_freq}
     else:
         if not args.algo:
             raise MarlxError("rllib train needs 'file PATH.yaml' or --algo (and --env)")
@@ -64,7 +71,7 @@ def _train(args) -> int:
             "run": args.algo,
             "config": parse_json_arg(args.config, "--config"),
             "stop": parse_json_arg(args.stop, "--stop") or {"training_iteration": 10},
-            "checkpoint_config": {"checkpoint_frequency": args.checkpoint_freq, "checkpoint_at_end": True},
+            "checkpoint_config": {"checkpoint_frequency": args.checkpoint_freq or 10, "checkpoint_at_end": True},
         }
         if args.env:
             block["env"] = args.env

@@ -210,3 +210,9 @@ def test_optim_option_typo_is_caught_before_ray(tmp_path, capsys):
     f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "config": {"optim": {"sam": {"rhoo": 0.1}}}})
     err = error_of(marlx_cmd.main, ["train", f], capsys)
     assert "'rhoo'" in err and "rho" in err
+
+
+def test_flags_that_a_file_defines_are_rejected_with_a_file(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box"})
+    err = error_of(rllib_cmd.main, ["train", "file", f, "--algo", "DQN"], capsys)
+    assert "--algo cannot be combined with a file" in err
