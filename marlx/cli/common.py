@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -16,6 +17,8 @@ def prepare_process() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     # gymnasium's env checker warns about envs of RLlib's registry that marlx never runs
     warnings.filterwarnings("ignore", category=UserWarning, module=r"gymnasium\..*")
+    # "You are running PPO on the new API stack!" on every config validation: noise for a CLI user
+    logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
     import torch
 
     torch.set_num_threads(1)
