@@ -2,7 +2,6 @@
 and learning a sparse built-in task that random play does not solve."""
 
 import numpy as np
-import pytest
 import torch
 from ray.rllib.core.columns import Columns
 

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from torch import nn
 
 from marlx.errors import MarlxError
