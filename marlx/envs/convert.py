@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from marlx.envs.team import AVAIL, OBS, TeamEnv
+from marlx.envs.team import AVAIL, OBS, AgentDictTeamEnv, TeamEnv
 
 
 def agent_ids(n_agents: int) -> list[str]:
@@ -89,7 +89,7 @@ class TeamToMultiAgentEnv(MultiAgentEnv):
         return self.team.get_avail_actions()
 
 
-class MultiAgentTeamEnv(TeamEnv):
+class MultiAgentTeamEnv(AgentDictTeamEnv):
     """Team view of an RLlib ``MultiAgentEnv`` whose agents all act at every step.
 
     The global state is ``state_fn(env)`` when given, else the env's ``get_state()`` when it has one,
@@ -107,25 +107,18 @@ class MultiAgentTeamEnv(TeamEnv):
         state_fn: Callable[[MultiAgentEnv], np.ndarray] | None = None,
         success_key: str = "success",
     ):
-        if team_reward not in ("sum", "mean"):
-            raise ValueError(f"team_reward must be 'sum' or 'mean', got {team_reward!r}")
         self.env = env
-        self.ids = list(env.possible_agents)
-        first_obs = env.observation_spaces[self.ids[0]]
+        first = env.possible_agents[0]
+        first_obs = env.observation_spaces[first]
         self._dict_obs = isinstance(first_obs, gym.spaces.Dict)
         obs_space = first_obs["observations"] if self._dict_obs else first_obs
-        act_space = env.action_spaces[self.ids[0]]
+        act_space = env.action_spaces[first]
         if not isinstance(act_space, gym.spaces.Discrete):
             raise TypeError(f"the team view needs Discrete actions, got {act_space}")
-        self.n_agents = len(self.ids)
-        self.n_actions = int(act_space.n)
-        self.obs_dim = int(np.prod(obs_space.shape))
+        self._setup_agents(env.possible_agents, act_space.n, np.prod(obs_space.shape), team_reward)
         self.episode_limit = episode_limit
-        self.team_reward = team_reward
         self.state_fn = state_fn
         self.success_key = success_key
-        self._obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
-        self._avail = np.ones((self.n_agents, self.n_actions), np.float32)
         self.state_dim = int(self.get_state().shape[0]) if self._has_state() else self.n_agents * self.obs_dim
         super().__init__()
 
@@ -133,19 +126,10 @@ class MultiAgentTeamEnv(TeamEnv):
         return self.state_fn is not None or hasattr(self.env, "get_state")
 
     def _ingest(self, obs_dict: dict) -> None:
-        self._obs[:] = 0.0
-        self._avail[:] = 0.0
-        self._avail[:, 0] = 1.0
-        for i, a in enumerate(self.ids):
-            if a not in obs_dict:
-                continue
-            o = obs_dict[a]
-            if self._dict_obs:
-                self._avail[i] = o["action_mask"]
-                o = o["observations"]
-            else:
-                self._avail[i] = 1.0
-            self._obs[i] = np.asarray(o, np.float32).reshape(-1)
+        if self._dict_obs:
+            self._fill({a: (o["observations"], o["action_mask"]) for a, o in obs_dict.items()})
+        else:
+            self._fill({a: (o, None) for a, o in obs_dict.items()})
         if not self._dict_obs and hasattr(self.env, "get_avail_actions"):
             self._avail[:] = self.env.get_avail_actions()
 
@@ -157,13 +141,9 @@ class MultiAgentTeamEnv(TeamEnv):
         return {}
 
     def _step(self, actions):
-        action_dict = {a: int(actions[i]) for i, a in enumerate(self.ids) if a in self._live}
-        obs, rewards, terms, truncs, infos = self.env.step(action_dict)
-        # an agent that is done still returns its final observation, but acts no more
-        self._live = [a for a in self._live if not (terms.get(a) or truncs.get(a))]
+        obs, rewards, terms, truncs, infos = self.env.step(self._action_dict(actions))
+        reward = self._after_step(rewards, terms, truncs)
         self._ingest(obs)
-        values = [float(r) for r in rewards.values()] or [0.0]
-        reward = float(np.sum(values)) if self.team_reward == "sum" else float(np.mean(values))
         terminated = bool(terms.get("__all__", False))
         self._env_truncated = bool(truncs.get("__all__", False))
         info = {}
@@ -172,15 +152,9 @@ class MultiAgentTeamEnv(TeamEnv):
                 info["success"] = bool(v[self.success_key])
         return reward, terminated, info
 
-    def get_obs(self):
-        return self._obs
-
     def get_state(self):
         if self.state_fn is not None:
             return np.asarray(self.state_fn(self.env), np.float32)
         if hasattr(self.env, "get_state"):
             return np.asarray(self.env.get_state(), np.float32)
         return self._obs.reshape(-1)
-
-    def get_avail_actions(self):
-        return self._avail

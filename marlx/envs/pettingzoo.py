@@ -7,10 +7,10 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from marlx.envs.team import TeamEnv
+from marlx.envs.team import AgentDictTeamEnv
 
 
-class PettingZooTeamEnv(TeamEnv):
+class PettingZooTeamEnv(AgentDictTeamEnv):
     """Team view of a PettingZoo ``ParallelEnv`` with discrete actions.
 
     Args:
@@ -34,29 +34,22 @@ class PettingZooTeamEnv(TeamEnv):
         positions_fn: Callable | None = None,
         success_fn: Callable | None = None,
     ):
-        if team_reward not in ("sum", "mean"):
-            raise ValueError(f"team_reward must be 'sum' or 'mean', got {team_reward!r}")
         self.env = env
-        self.ids = list(env.possible_agents)
-        self.n_agents = len(self.ids)
-        act = env.action_space(self.ids[0])
+        first = env.possible_agents[0]
+        act = env.action_space(first)
         if not isinstance(act, gym.spaces.Discrete):
             raise TypeError(
-                f"the team view needs Discrete actions, {self.ids[0]} has {act}; "
+                f"the team view needs Discrete actions, {first} has {act}; "
                 "create the PettingZoo env with continuous_actions=False"
             )
-        self.n_actions = int(act.n)
-        space = env.observation_space(self.ids[0])
+        space = env.observation_space(first)
         self._dict_obs = isinstance(space, gym.spaces.Dict)
         if self._dict_obs:
             space = space["observation"]
-        self.obs_dim = int(np.prod(space.shape))
+        self._setup_agents(env.possible_agents, act.n, np.prod(space.shape), team_reward)
         self.episode_limit = episode_limit
-        self.team_reward = team_reward
         self.positions_fn = positions_fn
         self.success_fn = success_fn
-        self._obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
-        self._avail = np.ones((self.n_agents, self.n_actions), np.float32)
         try:
             env.reset(seed=0)
             self._has_state = env.state() is not None
@@ -70,20 +63,11 @@ class PettingZooTeamEnv(TeamEnv):
         super().__init__()
 
     def _ingest(self, obs: dict, infos: dict) -> None:
-        self._obs.fill(0.0)
-        self._avail.fill(0.0)
-        self._avail[:, 0] = 1.0
-        for i, a in enumerate(self.ids):
-            if a not in obs:
-                continue
-            o = obs[a]
-            mask = None
-            if self._dict_obs:
-                mask, o = o.get("action_mask"), o["observation"]
-            elif isinstance(infos.get(a), dict):
-                mask = infos[a].get("action_mask")
-            self._avail[i] = 1.0 if mask is None else mask
-            self._obs[i] = np.asarray(o, np.float32).reshape(-1)
+        if self._dict_obs:
+            self._fill({a: (o["observation"], o.get("action_mask")) for a, o in obs.items()})
+        else:
+            self._fill({a: (o, infos[a].get("action_mask") if isinstance(infos.get(a), dict) else None)
+                        for a, o in obs.items()})
 
     def _reset(self, rng, options):
         obs, infos = self.env.reset(seed=int(rng.integers(2**31 - 1)), options=options)
@@ -92,30 +76,21 @@ class PettingZooTeamEnv(TeamEnv):
         return {}
 
     def _step(self, actions):
-        action_dict = {a: int(actions[i]) for i, a in enumerate(self.ids) if a in self._live}
-        obs, rewards, terms, truncs, infos = self.env.step(action_dict)
+        obs, rewards, terms, truncs, infos = self.env.step(self._action_dict(actions))
         self._ingest(obs, infos)
-        values = [float(r) for r in rewards.values()] or [0.0]
-        reward = float(np.sum(values)) if self.team_reward == "sum" else float(np.mean(values))
+        reward = self._after_step(rewards, terms, truncs)
         terminated = bool(terms) and all(terms.values())
         self._env_truncated = bool(truncs) and all(truncs.values())
-        self._live = [a for a in self._live if not (terms.get(a) or truncs.get(a))]
         if self.success_fn is not None:
             success = bool(self.success_fn(self.env, infos))
         else:
             success = any(isinstance(v, dict) and v.get("success") for v in infos.values())
         return reward, terminated, {"success": success}
 
-    def get_obs(self):
-        return self._obs
-
     def get_state(self):
         if self._has_state:
             return np.asarray(self.env.state(), np.float32).reshape(-1)
         return self._obs.reshape(-1)
-
-    def get_avail_actions(self):
-        return self._avail
 
     def get_positions(self):
         return None if self.positions_fn is None else self.positions_fn(self.env)

@@ -129,3 +129,52 @@ class TeamEnv(gym.Env):
             "episode_limit": self.episode_limit,
             "position_dim": self.position_dim,
         }
+
+
+class AgentDictTeamEnv(TeamEnv):
+    """Shared part of the team views of per-agent envs that speak in ``{agent_id: value}`` dicts
+    (RLlib ``MultiAgentEnv``, PettingZoo ``ParallelEnv``): observation/mask buffers, the agents still acting,
+    and the team reward. An agent that is absent from a step's observations (done before the others) gets zero
+    observations and only action 0 available; once done, it is sent no more actions.
+    """
+
+    TEAM_REWARDS = ("sum", "mean")
+
+    def _setup_agents(self, ids: list, n_actions: int, obs_dim: int, team_reward: str) -> None:
+        if team_reward not in self.TEAM_REWARDS:
+            raise ValueError(f"team_reward must be 'sum' or 'mean', got {team_reward!r}")
+        self.ids = list(ids)
+        self.n_agents = len(self.ids)
+        self.n_actions = int(n_actions)
+        self.obs_dim = int(obs_dim)
+        self.team_reward = team_reward
+        self._live = list(self.ids)
+        self._obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
+        self._avail = np.ones((self.n_agents, self.n_actions), np.float32)
+
+    def _fill(self, per_agent: dict) -> None:
+        """``{agent_id: (observation, action mask or None)}`` of the agents present -> the buffers."""
+        self._obs.fill(0.0)
+        self._avail.fill(0.0)
+        self._avail[:, 0] = 1.0
+        for i, a in enumerate(self.ids):
+            if a in per_agent:
+                o, mask = per_agent[a]
+                self._avail[i] = 1.0 if mask is None else mask
+                self._obs[i] = np.asarray(o, np.float32).reshape(-1)
+
+    def _action_dict(self, actions: np.ndarray) -> dict:
+        """The joint action as ``{agent_id: action}`` for the agents still acting."""
+        return {a: int(actions[i]) for i, a in enumerate(self.ids) if a in self._live}
+
+    def _after_step(self, rewards: dict, terms: dict, truncs: dict) -> float:
+        """Drop agents that are done (they still return a final observation) and return the team reward."""
+        self._live = [a for a in self._live if not (terms.get(a) or truncs.get(a))]
+        values = [float(r) for r in rewards.values()] or [0.0]
+        return float(np.sum(values)) if self.team_reward == "sum" else float(np.mean(values))
+
+    def get_obs(self):
+        return self._obs
+
+    def get_avail_actions(self):
+        return self._avail
