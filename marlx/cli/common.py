@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -50,6 +51,42 @@ def parse_json_arg(value: str | None, flag: str) -> dict:
     if not isinstance(parsed, dict):
         raise MarlxError(f"{flag} must be a JSON object, got {type(parsed).__name__}")
     return parsed
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """The training flags that ``marlx train`` and ``rllib train`` share (with a file they override its entries)."""
+    p.add_argument("--config", help="algorithm config as a JSON object (with a file: overrides its entries)")
+    p.add_argument("--stop", help="stop criteria as a JSON object, e.g. '{\"training_iteration\": 10}' "
+                                  "(with a file: replaces its stop)")
+    p.add_argument("--checkpoint-freq", type=int, default=None,
+                   help="checkpoint every N iterations, and at the end (default 10; with a file: overrides it)")
+    p.add_argument("--storage-path", default=None, help="where runs go (default: the file's storage_path or ./runs)")
+    p.add_argument("--address", default=None, help="join a Ray cluster: 'auto' or HOST:PORT (default: start Ray here)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
+def add_evaluate_args(p: argparse.ArgumentParser, algo_flags: tuple[str, ...] = ("--algo",)) -> None:
+    p.add_argument("checkpoint", help="checkpoint folder (or a run folder: its newest checkpoint is used)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument(*algo_flags, dest="algo", default=None, help="expected algorithm (checked against the checkpoint)")
+    p.add_argument("--address", default=None)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
+    """An experiment file with the --stop/--config/--checkpoint-freq flags of ``args`` applied."""
+    from marlx.cli.experiment import apply_overrides, load_experiment_file
+
+    return apply_overrides(
+        load_experiment_file(path),
+        stop=parse_json_arg(args.stop, "--stop"),
+        config=parse_json_arg(args.config, "--config"),
+        checkpoint_freq=args.checkpoint_freq,
+    )
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json)
 
 
 def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None) -> int:

@@ -179,6 +179,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
     Returns ``(config, search_space, notices)``: entries that are Tune search spaces are kept apart (Tune
     resolves them per trial) after their key was validated.
     """
+    from marlx._rllib import translate_config_key
     from marlx.callbacks import TeamMetricsCallback
     from marlx.envs.registry import VIEW_KEY, VIEWS, is_registered
     from marlx.optim.rllib_hooks import apply_optim
@@ -197,8 +198,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if key in MARLX_CONFIG_KEYS:
             marlx_sections[key] = value
             continue
-        # Private AlgorithmConfig helper (Ray 2.60): the same key translation update_from_dict applies.
-        translated = algo_config._translate_special_keys(key, warn_deprecated=False)
+        translated = translate_config_key(algo_config, key)  # the same key translation update_from_dict applies
         if not (hasattr(algo_config, translated) or translated in _SPECIAL_CONFIG_KEYS):
             valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
             raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
@@ -314,6 +314,27 @@ def check_checkpoint_config(ckpt: dict, where: str) -> dict:
         if key != "checkpoint_at_end" and value is not None and (not isinstance(value, int) or value < 1):
             raise MarlxError(f"{where}: checkpoint_config.{key} must be a positive integer, got {value!r}")
     return ckpt
+
+
+def apply_overrides(data: dict, stop: dict | None = None, config: dict | None = None,
+                    checkpoint_freq: int | None = None) -> dict:
+    """Command-line overrides for every experiment of a loaded file (``--stop``, ``--config``, ``--checkpoint-freq``).
+
+    ``stop`` replaces each experiment's stop criteria, ``config`` entries override the file's config entries (top-level
+    keys), ``checkpoint_freq`` sets ``checkpoint_config.checkpoint_frequency``. ``data`` is changed in place and returned.
+    """
+    for block in data.values():
+        if not isinstance(block, dict):
+            continue  # parse_experiments reports it
+        if stop:
+            block["stop"] = dict(stop)
+        if config:
+            base = block.get("config")
+            block["config"] = {**(base if isinstance(base, dict) else {}), **config}
+        if checkpoint_freq:
+            base = block.get("checkpoint_config")
+            block["checkpoint_config"] = {**(base if isinstance(base, dict) else {}), "checkpoint_frequency": checkpoint_freq}
+    return data
 
 
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+from marlx._rllib import set_tuner_callbacks
 from marlx.cli.experiment import Experiment
 from marlx.errors import MarlxError
 
@@ -118,8 +119,7 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
             path, trainable=exp.algo_class, resume_unfinished=True, resume_errored=True,
             param_space=exp.param_space(),
         )
-        # Tuner.restore keeps the stored RunConfig; progress lines are re-attached here.
-        tuner._local_tuner._run_config.callbacks = callbacks  # Ray 2.60: no public setter
+        set_tuner_callbacks(tuner, callbacks)  # Tuner.restore keeps the stored RunConfig without callbacks
     else:
         ckpt = exp.checkpoint_config
         run_config = tune.RunConfig(

@@ -216,3 +216,44 @@ def test_flags_that_a_file_defines_are_rejected_with_a_file(tmp_path, capsys):
     f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box"})
     err = error_of(rllib_cmd.main, ["train", "file", f, "--algo", "DQN"], capsys)
     assert "--algo cannot be combined with a file" in err
+
+
+def test_apply_overrides_replaces_stop_and_merges_config_and_checkpoint_freq():
+    from marlx.cli.experiment import apply_overrides
+
+    data = {"a": {"run": "PPO", "stop": {"training_iteration": 50, "time_total_s": 9},
+                  "config": {"lr": 0.1, "gamma": 0.9}, "checkpoint_config": {"num_to_keep": 2}},
+            "b": {"run": "PPO"}}
+    out = apply_overrides(data, stop={"training_iteration": 2}, config={"lr": 0.5}, checkpoint_freq=3)
+    assert out["a"]["stop"] == {"training_iteration": 2}
+    assert out["a"]["config"] == {"lr": 0.5, "gamma": 0.9}
+    assert out["a"]["checkpoint_config"] == {"num_to_keep": 2, "checkpoint_frequency": 3}
+    assert out["b"] == {"run": "PPO", "stop": {"training_iteration": 2}, "config": {"lr": 0.5},
+                        "checkpoint_config": {"checkpoint_frequency": 3}}
+    assert apply_overrides({"c": {"run": "PPO"}}) == {"c": {"run": "PPO"}}
+
+
+def test_marlx_train_takes_the_rllib_override_flags(tmp_path, capsys):
+    f = write_yaml(tmp_path, {"run": "PPO", "env": "builtin/push_box", "stop": {"training_iteration": 3}})
+    err = error_of(marlx_cmd.main, ["train", f, "--stop", '{"training_iterations": 2}'], capsys)
+    assert "'training_iterations'" in err
+    err = error_of(marlx_cmd.main, ["train", f, "--config", '{"train_bach_size": 100}'], capsys)
+    assert "'train_bach_size'" in err and "train_batch_size" in err
+    err = error_of(marlx_cmd.main, ["train", f, "--checkpoint-freq", "-1"], capsys)
+    assert "checkpoint_frequency must be a positive integer" in err
+
+
+def test_private_rllib_apis_exist_in_this_ray():
+    """marlx/_rllib.py names Ray 2.60 internals; this fails first when Ray changes them."""
+    import ray
+    from ray import tune
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from marlx import _rllib
+
+    assert ray.__version__ == "2.60.0"
+    assert _rllib.translate_config_key(PPOConfig(), "num_workers") == "num_env_runners"
+    assert "_local_tuner" in tune.Tuner.__init__.__code__.co_names
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    assert "_run_config" in TunerInternal.__init__.__code__.co_names
