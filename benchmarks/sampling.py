@@ -78,7 +78,7 @@ def ppo_algo(env_name, env_config, n_envs):
 
 
 def replay_figures(algo) -> dict:
-    from marlx.algorithms.qmix.replay import TeamEpisodeReplay
+    from marlx.runtime.replay import TeamEpisodeReplay
 
     replay = TeamEpisodeReplay(capacity=64)
     replay.add(algo.env_runner.sample())

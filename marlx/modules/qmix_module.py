@@ -7,8 +7,10 @@ Where things run:
 
 * env runners (``inference_only``): only the shared :class:`~marlx.modules.agent.RNNAgent`. One forward
   pass covers all envs x agents of a runner. The recurrent state is ``{"h": [n, H], "prev_actions": [n]}``
-  (RLlib adds the batch axis): the previous joint action travels in the state so that the last-action input
-  needs nothing from the episode.
+  (the runner adds the batch axis): the previous joint action travels in the state so that the last-action
+  input needs nothing from the episode. The runner's batch has no time axis: ``OBS`` leaves ``[B, ...]``,
+  ``STATE_IN`` ``[B, ...]``; the module returns ``ACTIONS [B, n]``, ``STATE_OUT`` and ``q_values [B, n, A]``
+  (which the runner hands to an attack and keeps in the episode when asked).
   ``forward_exploration(batch, t=lifetime env steps)`` is epsilon-greedy over available actions with
   PyMARL's linear schedule; ``forward_inference`` is greedy (RLlib calls it when ``explore=False``).
 * learner: the agent, the mixer and target copies of both. ``forward_train`` unrolls the agent network
@@ -35,11 +37,10 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from marlx.modules.agent import RNNAgent, agent_input_dim, agent_inputs
 from marlx.modules.mixers import make_mixer
+from marlx.runtime.columns import HIDDEN, PREV_ACTIONS, Q_VALUES, TARGET_Q_VALUES
 
-HIDDEN, PREV_ACTIONS = "h", "prev_actions"
-Q_VALUES, TARGET_Q_VALUES = "q_values", "target_q_values"
-
-#: PyMARL defaults of the module's model_config keys (QMIXConfig fills them from its attributes).
+#: PyMARL defaults of the module's model_config keys: the one source of truth (QMIXConfig's attributes start
+#: from these values and fill model_config from its attributes).
 MODEL_DEFAULTS: dict[str, Any] = {
     "rnn_hidden_dim": 64,
     "obs_last_action": True,
@@ -157,8 +158,8 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
         }
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """One sampling step: ``(q [B, n, A], avail [B, n, A], state_out)``."""
-        obs = {k: v[:, 0] for k, v in batch[Columns.OBS].items()}  # drop the time axis of 1
+        """One sampling step: ``(q [B, n, A], avail [B, n, A], state_out)`` (no time axis)."""
+        obs = batch[Columns.OBS]
         state = batch[Columns.STATE_IN]
         q, h = self.agent_q_values(obs, state[PREV_ACTIONS], state[HIDDEN])
         return q, obs["avail"], {HIDDEN: h}
@@ -171,7 +172,7 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
             explore = torch.rand(actions.shape, device=q.device) < epsilon
             actions = torch.where(explore, random_available(avail), actions)
         state_out[PREV_ACTIONS] = actions.to(torch.float32)
-        return {Columns.ACTIONS: actions.unsqueeze(1), Columns.STATE_OUT: state_out}
+        return {Columns.ACTIONS: actions, Columns.STATE_OUT: state_out, Q_VALUES: q}
 
     def _forward_inference(self, batch: dict, **kwargs) -> dict:
         return self._act(batch, 0.0)

@@ -8,7 +8,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 
 from marlx.algorithms.qmix import QMIXConfig
-from marlx.algorithms.qmix.replay import MASK
+from marlx.runtime.columns import MASK
 from marlx.envs.registry import make_env
 from marlx.modules.qmix_module import HIDDEN, PREV_ACTIONS, Q_VALUES, TARGET_Q_VALUES
 
@@ -137,7 +137,7 @@ def test_soft_target_update():
 
 def sampling_batch(env, module, n_envs=64):
     obs = [env.reset(seed=i)[0] for i in range(n_envs)]
-    batch_obs = {k: torch.as_tensor(np.stack([o[k] for o in obs]))[:, None] for k in obs[0]}
+    batch_obs = {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}
     state = {k: v.expand(n_envs, *v.shape).clone() for k, v in module.get_initial_state().items()}
     return {Columns.OBS: batch_obs, Columns.STATE_IN: state}, np.stack([o["avail"] for o in obs])
 
@@ -148,16 +148,16 @@ def test_exploration_only_picks_available_actions_and_inference_is_greedy():
     batch, avail = sampling_batch(env, module)
     assert (avail == 0).any()  # agents on the grid edge have unavailable moves
     out = module.forward_exploration(batch, t=0)  # epsilon 1: all random
-    acts = out[Columns.ACTIONS][:, 0].numpy()
+    acts = out[Columns.ACTIONS].numpy()
     assert np.take_along_axis(avail, acts[..., None], axis=2).all()
     assert len(np.unique(acts)) == 5
     assert out[Columns.STATE_OUT][HIDDEN].shape == (64, 2, 8)
-    assert torch.equal(out[Columns.STATE_OUT][PREV_ACTIONS], out[Columns.ACTIONS][:, 0].float())
-    greedy = module.forward_inference(batch)[Columns.ACTIONS][:, 0]
-    late = module.forward_exploration(batch, t=10_000)[Columns.ACTIONS][:, 0]  # epsilon 0
+    assert torch.equal(out[Columns.STATE_OUT][PREV_ACTIONS], out[Columns.ACTIONS].float())
+    greedy = module.forward_inference(batch)[Columns.ACTIONS]
+    late = module.forward_exploration(batch, t=10_000)[Columns.ACTIONS]  # epsilon 0
     assert torch.equal(greedy, late)
     with torch.no_grad():
-        q, _ = module.agent_q_values({k: v[:, 0] for k, v in batch[Columns.OBS].items()},
+        q, _ = module.agent_q_values(batch[Columns.OBS],
                                      batch[Columns.STATE_IN][PREV_ACTIONS], batch[Columns.STATE_IN][HIDDEN])
     q[torch.as_tensor(avail) == 0] = -float("inf")
     assert torch.equal(greedy, q.argmax(-1))

@@ -17,7 +17,7 @@ from marlx.algorithms.fox.module import FOX_HIDDEN, FOX_LOCAL_Q
 from marlx.algorithms.fox.replay import FOX_COUNT_BONUS, FOX_FAR, FOX_KEYS, FOX_NEAR
 from marlx.algorithms.fox.vae import AwarenessNormaliser, FormationVAE
 from marlx.algorithms.qmix.learner import QMIXLearner
-from marlx.algorithms.qmix.replay import MASK
+from marlx.runtime.columns import MASK
 
 
 def gather_agents(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from marlx.algorithms.fox.formation import FormationCounter, FormationKeyer, count_bonus
-from marlx.algorithms.qmix.replay import MASK, TeamEpisodeReplay
+from marlx.runtime.columns import MASK
+from marlx.runtime.replay import TeamEpisodeReplay
 
 FOX_KEYS, FOX_FAR, FOX_NEAR, FOX_COUNT_BONUS = "fox_keys", "fox_far", "fox_near", "fox_count_bonus"
 

@@ -5,7 +5,7 @@ Importing this package registers ``QMIX`` and ``VDN`` with Ray Tune (``tune.Tune
 
 from marlx.algorithms.qmix.learner import QMIXLearner
 from marlx.algorithms.qmix.qmix import QMIX, VDN, QMIXConfig, VDNConfig
-from marlx.algorithms.qmix.replay import TeamEpisodeReplay
+from marlx.runtime.replay import TeamEpisodeReplay
 
 
 def _register() -> None:

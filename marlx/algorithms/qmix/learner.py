@@ -4,11 +4,13 @@ The update goes through RLlib's normal path (``Learner.update`` -> ``TorchLearne
 ``forward_train`` -> ``compute_loss_for_module`` -> gradients -> clip -> step), so marlx's optimiser hooks
 (``marlx.optim.rllib_hooks``) wrap it like any other learner.
 
-Batch layout (built by :class:`~marlx.algorithms.qmix.replay.TeamEpisodeReplay`): team observation leaves
+Batch layout (built by :class:`~marlx.runtime.replay.TeamEpisodeReplay`): team observation leaves
 ``[B, T+1, ...]``, ``actions [B, T, n]``, ``rewards``/``terminateds``/``mask`` ``[B, T]``.
 
-Seam for intrinsic rewards (FoX, FIM): override :meth:`QMIXLearner.intrinsic_reward`; its per-step bonus
-``[B, T]`` is added to the team reward before the TD target.
+Intrinsic rewards: the components configured under ``intrinsic`` (:mod:`marlx.intrinsic`) are built in the
+learner; the sum of their per-step bonuses ``[B, T]`` (plus :meth:`QMIXLearner.intrinsic_reward`, which a
+subclass may override) is added to the team reward before the TD target, and after the gradient step each
+component's ``update`` trains its own models on the same batch.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.utils import update_target_network
 
-from marlx.algorithms.qmix.replay import MASK
+from marlx.runtime.columns import MASK
 from marlx.algorithms.qmix.targets import compute_targets
+from marlx.intrinsic.base import build_intrinsic
 from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES
 
 #: Key of the lifetime episode count in the ``timesteps`` dict the algorithm passes to ``update``.
@@ -35,6 +38,15 @@ class QMIXLearner(TorchLearner):
     def build(self) -> None:
         super().build()
         self._last_target_update_episode = 0
+        self.intrinsic = {}
+        for module_id, module in self.module.items():
+            module = module.unwrapped()
+            self.intrinsic[module_id] = [
+                c.to(next(module.parameters()).device)
+                for c in build_intrinsic(getattr(self.config, "intrinsic", None), module.observation_space,
+                                         module.action_space, module.model_config, "learner")
+            ]
+        self._intrinsic_inputs: dict = {}
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
@@ -52,9 +64,25 @@ class QMIXLearner(TorchLearner):
     def intrinsic_reward(self, module_id, batch: dict, fwd_out: dict) -> torch.Tensor | None:
         """Per-step bonus ``[B, T]`` added to the team reward before the TD target (``None``: no bonus).
 
-        Override in a subclass (FoX's formation counts, FIM's influence). Padded steps are masked later.
+        The sum of the configured components' bonuses; a subclass may add its own. Padded steps are masked later.
         """
-        return None
+        components = self.intrinsic.get(module_id, [])
+        if not components:
+            return None
+        module = self.module[module_id].unwrapped()
+        self._intrinsic_inputs[module_id] = (batch, {k: (v.detach() if isinstance(v, torch.Tensor) else v)
+                                                     for k, v in fwd_out.items()})
+        total = None
+        for component in components:
+            b = component.bonus(batch, fwd_out, module)
+            if b is None:
+                continue
+            b = b.detach()
+            mask = batch[MASK]
+            self.metrics.log_value((module_id, f"intrinsic/{component.name}_mean"),
+                                   ((b * mask).sum() / mask.sum().clamp(min=1)).item(), window=1)
+            total = b if total is None else total + b
+        return total
 
     # -- loss ---------------------------------------------------------------------------------
     def compute_loss_for_module(self, *, module_id, config, batch: dict, fwd_out: dict[str, Any]) -> torch.Tensor:
@@ -108,9 +136,15 @@ class QMIXLearner(TorchLearner):
     # -- target networks ----------------------------------------------------------------------
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
+        for module_id, (batch, fwd_out) in self._intrinsic_inputs.items():
+            module = self.module[module_id].unwrapped()
+            for component in self.intrinsic.get(module_id, []):
+                for name, value in (component.update(batch, fwd_out, module) or {}).items():
+                    self.metrics.log_value((module_id, f"intrinsic/{component.name}/{name}"), value, window=1)
+        self._intrinsic_inputs = {}
         cfg = self.config
         episodes = int(timesteps.get(NUM_EPISODES_SAMPLED_LIFETIME, 0) or 0)
-        for module_id, module in self.module._rl_modules.items():
+        for module_id, module in self.module.items():
             module = module.unwrapped()
             if cfg.target_update_tau < 1.0:  # soft (Polyak) update after every learner update
                 tau = cfg.target_update_tau
@@ -127,7 +161,10 @@ class QMIXLearner(TorchLearner):
     # -- checkpointing ------------------------------------------------------------------------
     def get_state(self, *args, **kwargs):
         state = super().get_state(*args, **kwargs)
-        state["marlx_qmix"] = {"last_target_update_episode": self._last_target_update_episode}
+        state["marlx_qmix"] = {
+            "last_target_update_episode": self._last_target_update_episode,
+            "intrinsic": {mid: [c.get_state() for c in cs] for mid, cs in self.intrinsic.items()},
+        }
         return state
 
     def set_state(self, state):
@@ -135,3 +172,6 @@ class QMIXLearner(TorchLearner):
         super().set_state({k: v for k, v in state.items() if k != "marlx_qmix"})
         if extra:
             self._last_target_update_episode = extra["last_target_update_episode"]
+            for mid, parts in extra.get("intrinsic", {}).items():
+                for component, part in zip(self.intrinsic.get(mid, []), parts):
+                    component.set_state(part)

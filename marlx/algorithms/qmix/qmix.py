@@ -2,9 +2,11 @@
 
 One training iteration (PyMARL's episode runner loop):
 
-1. every env runner plays one whole episode per env (``batch_mode="complete_episodes"``) with the
-   epsilon-greedy :class:`~marlx.modules.qmix_module.QMIXRLModule`, batched over envs x agents;
-2. the episodes go into :class:`~marlx.algorithms.qmix.replay.TeamEpisodeReplay` (capacity in episodes);
+1. every env runner (:class:`~marlx.runtime.runner.TeamEnvRunner`) plays ``episodes_per_env`` whole episodes
+   per sub-env with the epsilon-greedy :class:`~marlx.modules.qmix_module.QMIXRLModule`, batched over
+   envs x agents (each sub-env seeded once; no bias toward short episodes);
+2. the configured intrinsic-reward components observe them, then they go into
+   :class:`~marlx.runtime.replay.TeamEpisodeReplay` (capacity in episodes);
 3. ``num_updates_per_iteration`` times: sample ``batch_size_episodes`` whole episodes and update the
    :class:`~marlx.algorithms.qmix.learner.QMIXLearner` through ``LearnerGroup.update`` (RLlib's normal path);
 4. weights go back to the env runners.
@@ -34,21 +36,22 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
-from marlx.algorithms.qmix.connectors import team_env_to_module, team_module_to_env
 from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
-from marlx.algorithms.qmix.replay import TeamEpisodeReplay
 from marlx.callbacks import TeamMetricsCallback
+from marlx.intrinsic.base import build_intrinsic
 from marlx.modules.mixers import MIXERS
-from marlx.modules.qmix_module import QMIXRLModule, linear_epsilon
+from marlx.modules.qmix_module import MODEL_DEFAULTS, QMIXRLModule, linear_epsilon
+from marlx.runtime.columns import MASK
+from marlx.runtime.config import TeamRuntimeConfig
+from marlx.runtime.replay import TeamEpisodeReplay
 
 REPLAY_STATE_KEY = "marlx_replay"
-_MODEL_KEYS = (
-    "rnn_hidden_dim", "obs_last_action", "obs_agent_id", "mixer", "mixing_embed_dim", "hypernet_layers",
-    "hypernet_embed", "epsilon_start", "epsilon_finish", "epsilon_anneal_time",
-)
+INTRINSIC_STATE_KEY = "marlx_intrinsic"
+#: Config attributes that travel to the module's model_config (their defaults: ``MODEL_DEFAULTS``).
+_MODEL_KEYS = tuple(k for k in MODEL_DEFAULTS if k != "mixer_on_runners")
 
 
-class QMIXConfig(AlgorithmConfig):
+class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
     """Configuration of QMIX (and, with ``mixer="vdn"``, VDN). Defaults are PyMARL's ``qmix.yaml``.
 
     Example::
@@ -66,15 +69,11 @@ class QMIXConfig(AlgorithmConfig):
         self.gamma = 0.99
         self.grad_clip = 10.0  # PyMARL grad_norm_clip
         self.grad_clip_by = "global_norm"
-        self.batch_mode = "complete_episodes"  # whole episodes, one per env per sample() call
         self.num_env_runners = 0
         self.evaluation_config = {"explore": False}  # greedy test episodes (PyMARL test_greedy)
         self.callbacks_class = TeamMetricsCallback
-        # one-piece connectors for the team view (see connectors.py); about 2x faster sampling
-        self._env_to_module_connector = team_env_to_module
-        self.add_default_connectors_to_env_to_module_pipeline = False
-        self._module_to_env_connector = team_module_to_env
-        self.add_default_connectors_to_module_to_env_pipeline = False
+        # marlx's team env runner: whole episodes, each sub-env seeded once (see marlx/runtime/runner.py)
+        self._init_team_runtime(sample_mode="episodes")
 
         # -- replay and update schedule --------------------------------------------------------
         #: Replay capacity in episodes (PyMARL buffer_size).
@@ -113,27 +112,27 @@ class QMIXConfig(AlgorithmConfig):
 
         # -- networks --------------------------------------------------------------------------
         #: GRU width of the agent network.
-        self.rnn_hidden_dim: int = 64
+        self.rnn_hidden_dim: int = MODEL_DEFAULTS["rnn_hidden_dim"]
         #: Feed each agent the one-hot of its previous action.
-        self.obs_last_action: bool = True
+        self.obs_last_action: bool = MODEL_DEFAULTS["obs_last_action"]
         #: Feed each agent the one-hot of its id (weights are shared).
-        self.obs_agent_id: bool = True
+        self.obs_agent_id: bool = MODEL_DEFAULTS["obs_agent_id"]
         #: "qmix" (monotonic hypernetwork mixer) or "vdn" (sum).
-        self.mixer: str = "qmix"
+        self.mixer: str = MODEL_DEFAULTS["mixer"]
         #: Width of QMIX's mixing layer.
-        self.mixing_embed_dim: int = 32
+        self.mixing_embed_dim: int = MODEL_DEFAULTS["mixing_embed_dim"]
         #: Layers of QMIX's weight hypernetworks (1 or 2).
-        self.hypernet_layers: int = 2
+        self.hypernet_layers: int = MODEL_DEFAULTS["hypernet_layers"]
         #: Hidden width of 2-layer hypernetworks.
-        self.hypernet_embed: int = 64
+        self.hypernet_embed: int = MODEL_DEFAULTS["hypernet_embed"]
 
         # -- exploration -----------------------------------------------------------------------
         #: Epsilon at env step 0.
-        self.epsilon_start: float = 1.0
+        self.epsilon_start: float = MODEL_DEFAULTS["epsilon_start"]
         #: Epsilon after annealing.
-        self.epsilon_finish: float = 0.05
+        self.epsilon_finish: float = MODEL_DEFAULTS["epsilon_finish"]
         #: Env steps (all runners together) over which epsilon anneals linearly.
-        self.epsilon_anneal_time: int = 50_000
+        self.epsilon_anneal_time: int = MODEL_DEFAULTS["epsilon_anneal_time"]
 
     def training(
         self,
@@ -200,8 +199,9 @@ class QMIXConfig(AlgorithmConfig):
             errors.append(f"n_step must be >= 1, got {self.n_step}")
         if self.td_lambda > 0 and self.n_step > 1:
             errors.append("td_lambda and n_step > 1 exclude each other: choose one")
-        if self.batch_mode != "complete_episodes":
-            errors.append("QMIX stores whole episodes: batch_mode must be 'complete_episodes'")
+        errors += self._team_runtime_errors()
+        if self.sample_mode != "episodes":
+            errors.append("QMIX stores whole episodes: sample_mode must be 'episodes'")
         if self.optimizer not in ("rmsprop", "adam"):
             errors.append(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
         if not 0.0 < self.target_update_tau <= 1.0:
@@ -231,8 +231,15 @@ class QMIX(Algorithm):
 
     def setup(self, config: QMIXConfig) -> None:
         super().setup(config)
-        self.replay = TeamEpisodeReplay(config.buffer_size, config.replay_obs_dtype, seed=config.seed)
-        self._wall_start = None
+        self.replay = self.make_replay(config)
+        spaces = self.env_runner_group.get_spaces() if self.env_runner_group else {}
+        obs_space, act_space = spaces.get("default_policy", (None, None))
+        #: driver-side parts of the configured intrinsic-reward components (observe / annotate)
+        self.intrinsic = build_intrinsic(config.intrinsic, obs_space, act_space, config.model_config, "driver")
+
+    def make_replay(self, config: QMIXConfig) -> TeamEpisodeReplay:
+        """The episode replay (a subclass may store more columns or count what it stores)."""
+        return TeamEpisodeReplay(config.buffer_size, config.replay_obs_dtype, seed=config.seed)
 
     def training_step(self) -> None:
         cfg: QMIXConfig = self.config
@@ -247,6 +254,8 @@ class QMIX(Algorithm):
             )
         sample_s = time.perf_counter() - t0
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        for component in self.intrinsic:
+            component.observe(episodes)
         self.replay.add(episodes)
         steps = sum(len(e) for e in episodes)
         lifetime = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
@@ -267,7 +276,9 @@ class QMIX(Algorithm):
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             for _ in range(cfg.num_updates_per_iteration):
                 data = self.replay.sample(cfg.batch_size_episodes)
-                steps_in_batch = int(data["mask"].sum())
+                for component in self.intrinsic:
+                    component.annotate(data)
+                steps_in_batch = int(data[MASK].sum())
                 batch = MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(data)}, env_steps=steps_in_batch)
                 results = self.learner_group.update(batch=batch, timesteps=timesteps)
                 self.metrics.aggregate(results, key=LEARNER_RESULTS)
@@ -279,12 +290,16 @@ class QMIX(Algorithm):
         state = super().get_state(*args, **kwargs)
         if getattr(self, "replay", None) is not None:
             state[REPLAY_STATE_KEY] = self.replay.get_state(include_data=self.config.store_buffer_in_checkpoints)
+        if getattr(self, "intrinsic", None):
+            state[INTRINSIC_STATE_KEY] = [c.get_state() for c in self.intrinsic]
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
         if REPLAY_STATE_KEY in state:
             self.replay.set_state(state[REPLAY_STATE_KEY])
+        for component, part in zip(getattr(self, "intrinsic", []), state.get(INTRINSIC_STATE_KEY, [])):
+            component.set_state(part)
         # Ray 2.60's Algorithm.set_state syncs env runner step counts before it restores the metrics;
         # sync again so that the epsilon schedule continues where it stopped.
         self.env_runner_group.sync_env_runner_states(

@@ -1,5 +1,8 @@
 """A replay buffer of whole team episodes in preallocated arrays (PyMARL's ``EpisodeBatch`` layout).
 
+Shared by every off-policy team algorithm (QMIX, VDN, FoX, WALL, FIM on QMIX); it stores the
+:class:`~marlx.runtime.episode.TeamEpisode` s that :class:`~marlx.runtime.runner.TeamEnvRunner` returns.
+
 Every leaf of the team observation (``obs``, ``state``, ``avail``, ``positions``, ...) is stored ONCE per step
 in an array ``[capacity, L+1, ...]``: step ``t``'s next observation is entry ``t+1`` of the same array.
 Actions ``[capacity, L, n]`` are stored as the smallest unsigned integer type, ``avail`` as ``bool``, other
@@ -8,7 +11,13 @@ episode seen. The capacity is counted in episodes; the oldest episode is overwri
 
 :meth:`sample` returns ``batch_size`` distinct episodes cut to the longest of them, as numpy arrays:
 observation leaves ``[B, T+1, ...]``, ``actions [B, T, n]`` (int64), ``rewards``/``terminateds``/``mask``
-``[B, T]`` (float32).
+``[B, T]`` (float32), and each of ``extra_columns`` (per-step arrays from ``TeamEpisode.extras`` or
+``executed_actions``) as ``[B, T, ...]``.
+
+Checkpoints: the position, counters and sampling RNG are always saved; the contents only with
+``include_data`` (QMIX's ``store_buffer_in_checkpoints``). A buffer restored without its contents is EMPTY: it
+refills from fresh episodes and learning resumes once it holds ``learning_starts_episodes`` again (at most
+``buffer_size`` episodes of experience are lost, never trained on as zeros).
 """
 
 from __future__ import annotations
@@ -19,18 +28,22 @@ import numpy as np
 
 from ray.rllib.core.columns import Columns
 
-MASK = "mask"
-AVAIL = "avail"
+from marlx.runtime.columns import AVAIL, EXECUTED_ACTIONS, MASK
+from marlx.runtime.episode import TeamEpisode
 
 
-def episode_arrays(episode) -> dict[str, Any]:
-    """The numpy arrays of one finished SingleAgentEpisode of a team env."""
-    obs = episode.get_observations()
-    if isinstance(obs, list):  # episode not converted to numpy
-        obs = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-    actions = np.asarray(episode.get_actions())
-    rewards = np.asarray(episode.get_rewards(), np.float32)
-    return {"obs": obs, "actions": actions, "rewards": rewards, "terminated": bool(episode.is_terminated)}
+def episode_arrays(episode: TeamEpisode, extra_columns: Iterable[str] = ()) -> dict[str, Any]:
+    """The arrays of one finished :class:`TeamEpisode` as the replay stores them."""
+    extras = {}
+    for name in extra_columns:
+        if name == EXECUTED_ACTIONS:
+            extras[name] = episode.executed_actions
+        elif name in episode.extras:
+            extras[name] = episode.extras[name]
+        else:
+            raise KeyError(f"replay column {name!r} is not in the episode (its extras: {sorted(episode.extras)})")
+    return {"obs": episode.obs, "actions": episode.actions, "rewards": episode.rewards,
+            "terminated": bool(episode.terminated), "extras": extras}
 
 
 class TeamEpisodeReplay:
@@ -40,9 +53,12 @@ class TeamEpisodeReplay:
         capacity: episodes kept (PyMARL ``buffer_size`` = 5000).
         obs_dtype: dtype of float observation leaves (``"float32"`` or ``"float16"``).
         seed: seed of the sampling generator.
+        extra_columns: per-step columns of the episodes to store too (``TeamEpisode.extras`` names or
+            ``"executed_actions"``), returned by :meth:`sample` as ``[B, T, ...]``.
     """
 
-    def __init__(self, capacity: int = 5000, obs_dtype: str = "float32", seed: int | None = None):
+    def __init__(self, capacity: int = 5000, obs_dtype: str = "float32", seed: int | None = None,
+                 extra_columns: Iterable[str] = ()):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1 episode, got {capacity}")
         self.capacity = int(capacity)
@@ -55,6 +71,7 @@ class TeamEpisodeReplay:
         self.steps_added = 0
         self.data: dict[str, np.ndarray] = {}
         self.obs_keys: list[str] = []
+        self.extra_columns = list(extra_columns)
 
     # -- storage ------------------------------------------------------------------------------
     def _allocate(self, ep: dict, length: int) -> None:
@@ -69,6 +86,10 @@ class TeamEpisodeReplay:
         data[Columns.ACTIONS] = np.zeros((self.capacity, length, *ep["actions"].shape[1:]), act_dtype)
         data[Columns.REWARDS] = np.zeros((self.capacity, length), np.float32)
         data[Columns.TERMINATEDS] = np.zeros((self.capacity, length), np.bool_)
+        for name, v in ep.get("extras", {}).items():
+            v = np.asarray(v)
+            dtype = self.obs_dtype if v.dtype.kind == "f" else v.dtype
+            data[name] = np.zeros((self.capacity, length, *v.shape[1:]), dtype)
         self.data = data
         self.lengths = np.zeros(self.capacity, np.int32)
         self.max_len = length
@@ -81,12 +102,12 @@ class TeamEpisodeReplay:
         self.max_len = length
 
     def add(self, episodes: Iterable) -> int:
-        """Store finished episodes (SingleAgentEpisodes of a team env); returns how many were stored."""
+        """Store finished :class:`TeamEpisode` s; returns how many were stored."""
         n = 0
         for episode in episodes:
-            if not episode.is_done:
-                raise ValueError("TeamEpisodeReplay stores whole episodes only (use batch_mode='complete_episodes')")
-            self.add_arrays(episode_arrays(episode))
+            if not episode.is_done or episode.start_t != 0:
+                raise ValueError("TeamEpisodeReplay stores whole episodes only (sample_mode='episodes')")
+            self.add_arrays(episode_arrays(episode, self.extra_columns))
             n += 1
         return n
 
@@ -101,7 +122,8 @@ class TeamEpisodeReplay:
             arr = self.data[k]
             arr[i, : length + 1] = ep["obs"][k]
             arr[i, length + 1 :] = 0
-        for key, value in ((Columns.ACTIONS, ep["actions"]), (Columns.REWARDS, ep["rewards"])):
+        pairs = [(Columns.ACTIONS, ep["actions"]), (Columns.REWARDS, ep["rewards"]), *ep.get("extras", {}).items()]
+        for key, value in pairs:
             self.data[key][i, :length] = value
             self.data[key][i, length:] = 0
         term = self.data[Columns.TERMINATEDS]
@@ -132,6 +154,9 @@ class TeamEpisodeReplay:
         out[Columns.REWARDS] = self.data[Columns.REWARDS][idx, :T]
         out[Columns.TERMINATEDS] = self.data[Columns.TERMINATEDS][idx, :T].astype(np.float32)
         out[MASK] = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
+        for name in self.extra_columns:
+            v = self.data[name][idx, :T]
+            out[name] = v.astype(np.float32) if v.dtype.kind == "f" else v
         return out
 
     # -- size ---------------------------------------------------------------------------------
@@ -163,5 +188,6 @@ class TeamEpisodeReplay:
             self.data, self.lengths = state["data"], state["lengths"]
             self.max_len, self.obs_keys = state["max_len"], state["obs_keys"]
             self.size = state["size"]
-        else:  # contents not checkpointed: the buffer refills from fresh episodes
-            self.size = 0 if not self.data else min(self.size, self.capacity)
+        else:  # contents not checkpointed: the buffer is empty and refills from fresh episodes
+            self.size = 0
+            self.pos = 0
