@@ -44,6 +44,13 @@ class TeamRuntimeConfig:
                 setattr(self, key, value)
         return self
 
+    #: The options :meth:`team_runtime` sets (also accepted by the algorithms' ``training(...)``).
+    TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_state_out", "attack", "intrinsic")
+
+    def _pop_team_runtime(self, kwargs: dict) -> None:
+        """Apply and remove the team-runtime keys of a ``training(**kwargs)`` call."""
+        self.team_runtime(**{k: kwargs.pop(k) for k in list(kwargs) if k in self.TEAM_RUNTIME_KEYS})
+
     def _team_runtime_errors(self) -> list[str]:
         errors = []
         if self.sample_mode not in SAMPLE_MODES:

@@ -193,3 +193,23 @@ def test_intrinsic_reward_seam_adds_bonus_before_the_target():
     # Q = 0 everywhere: targets are the rewards plus the bonus on the two real steps (1.5, 0.5)
     assert loss.item() == pytest.approx((1.5**2 + 0.5**2) / 2)
     assert {"obs", "state", Columns.ACTIONS, Q_VALUES} <= seen["keys"]
+
+
+@pytest.mark.parametrize("b", [0.0, 0.75, -2.0])
+def test_constant_intrinsic_bonus_raises_every_one_step_target_by_b(b):
+    """``intrinsic: {constant: {value: b}}`` adds exactly b to every one-step TD target (QMIX's seam).
+
+    Hand-made batch (as above): VDN, gamma 0.5, double Q; without a bonus the
+    targets are y0 = 1 + 0.5 * 0.5 and y1 = 0.5 * 3 (truncated, bootstrapped) and Q_tot = 3 and 1.
+    """
+    cfg, learner, _ = build_learner("vdn", intrinsic={"constant": {"value": b}})
+    batch = {k: torch.as_tensor(v) for k, v in hand_batch().items()}
+    q, target_q = torch.zeros(1, 4, 2, 5), torch.zeros(1, 4, 2, 5)
+    q[0, 0, 0, 1], q[0, 0, 1, 2] = 1.0, 2.0
+    q[0, 1, :, 3], q[0, 1, :, 0] = 5.0, 0.5
+    target_q[0, 1, :, 3] = 0.25
+    q[0, 2, :, 2], target_q[0, 2, :, 2] = 9.0, 1.5
+    loss = learner.compute_loss_for_module(module_id=DEFAULT_POLICY_ID, config=cfg, batch=batch,
+                                           fwd_out={Q_VALUES: q, TARGET_Q_VALUES: target_q})
+    y0, y1 = 1 + 0.5 * 0.5 + b, 0.5 * 3.0 + b
+    assert loss.item() == pytest.approx(((3.0 - y0) ** 2 + (1.0 - y1) ** 2) / 2, abs=1e-6)

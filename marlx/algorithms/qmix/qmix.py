@@ -163,7 +163,9 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         epsilon_anneal_time: int = NotProvided,
         **kwargs,
     ) -> "QMIXConfig":
-        """Set QMIX options (see the attribute docs in :class:`QMIXConfig`) and RLlib's training options."""
+        """Set QMIX options (see the attribute docs in :class:`QMIXConfig`), the team runtime's options
+        (``intrinsic``, ``attack``, ``episodes_per_env``, ...) and RLlib's training options."""
+        self._pop_team_runtime(kwargs)
         super().training(**kwargs)
         for key, value in dict(locals()).items():
             if key not in ("self", "kwargs", "__class__") and value is not NotProvided:
