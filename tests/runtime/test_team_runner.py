@@ -181,3 +181,19 @@ def test_unknown_attack_is_one_clear_error():
     cfg = runner_config(attack={"name": "wolfpak"})
     with pytest.raises(ValueError, match="attack"):
         cfg.validate()
+
+
+def test_batched_smax_env_returns_whole_episodes():
+    """A batched vector env (SMAX, NEXT_STEP autoreset): whole episodes, exact counts in evaluation."""
+    pytest.importorskip("jaxmarl")
+    runner = make_runner(env="smax/3m", num_envs=4, seed=0, gym_env_vectorize_mode="vector_entry_point")
+    assert runner.env.batched
+    for _ in range(2):
+        eps = runner.sample()
+        assert {e.env_index for e in eps} == {0, 1, 2, 3}  # at least one per sub-env
+        for e in eps:
+            assert e.is_done and e.start_t == 0 and e.obs["obs"].shape[0] == len(e) + 1
+            # each episode starts from a fresh reset: the first state is not the last of another episode
+            assert np.isfinite(e.obs["state"]).all()
+    eps = runner.sample(num_episodes=6, explore=False)
+    assert len(eps) == 6 and np.bincount([e.env_index for e in eps], minlength=4).tolist() == [2, 2, 1, 1]
