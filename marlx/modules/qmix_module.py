@@ -112,35 +112,57 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
         return agent_inputs(obs["obs"], prev_actions, self.n_actions,
                             self.cfg["obs_last_action"], self.cfg["obs_agent_id"])
 
+    def agent_forward(self, net, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One step of ``net`` (the agent or its target) on rows ``(batch, agent)``: ``(q, h, extras)``.
+
+        ``extras`` are per-row tensors a subclass's agent produces besides Q values (FoX: local-head Q values).
+        """
+        q, h = net(x, h)
+        return q, h, {}
+
     def agent_q_values(self, obs: dict, prev_actions, hidden: torch.Tensor, target: bool = False):
         """One step of the (target) agent network for all agents: ``-> (q [B, n, A], hidden [B, n, H])``."""
+        q, h, _ = self._agent_step(obs, prev_actions, hidden, target)
+        return q, h
+
+    def _agent_step(self, obs: dict, prev_actions, hidden: torch.Tensor, target: bool = False):
         net = self.target_agent if target else self.agent
         x = self.build_agent_inputs(obs, prev_actions)
         b = x.shape[0]
-        q, h = net(x.reshape(b * self.n_agents, -1), hidden.reshape(b * self.n_agents, -1))
-        return q.view(b, self.n_agents, -1), h.view(b, self.n_agents, -1)
+        q, h, extras = self.agent_forward(net, x.reshape(b * self.n_agents, -1), hidden.reshape(b * self.n_agents, -1))
+        extras = {k: v.view(b, self.n_agents, *v.shape[1:]) for k, v in extras.items()}
+        return q.view(b, self.n_agents, -1), h.view(b, self.n_agents, -1), extras
 
-    def unroll(self, obs: dict, actions: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """Q values of every step of whole episodes from a zero hidden state.
+    def unroll(self, obs: dict, actions: torch.Tensor, target: bool = False, with_extras: bool = False):
+        """Q values of every step of whole episodes from a zero hidden state (the one unroll every learner uses).
 
         Args:
             obs: team observation leaves ``[B, T+1, ...]``.
             actions: the joint actions taken ``[B, T, n]`` (previous-action inputs).
             target: use the target agent network.
+            with_extras: also return ``{"hidden": [B, T+1, n, H], <agent extras>: [B, T+1, n, ...]}``
+                (the hidden state after each step, read by FoX's awareness bonus, WALL and FIM).
 
         Returns:
-            ``[B, T+1, n, A]``.
+            ``q [B, T+1, n, A]`` (and the extras dict with ``with_extras``).
         """
         steps = obs["obs"].shape[1]
         b = obs["obs"].shape[0]
         h = obs["obs"].new_zeros(b, self.n_agents, self.hidden_dim)
-        out = []
+        qs, hs, extras = [], [], {}
         for t in range(steps):
             step_obs = {k: v[:, t] for k, v in obs.items()}
             prev = actions[:, t - 1] if t > 0 else None
-            q, h = self.agent_q_values(step_obs, prev, h, target=target)
-            out.append(q)
-        return torch.stack(out, dim=1)
+            q, h, ex = self._agent_step(step_obs, prev, h, target=target)
+            qs.append(q)
+            if with_extras:
+                hs.append(h)
+                for k, v in ex.items():
+                    extras.setdefault(k, []).append(v)
+        q = torch.stack(qs, dim=1)
+        if not with_extras:
+            return q
+        return q, {"hidden": torch.stack(hs, dim=1), **{k: torch.stack(v, dim=1) for k, v in extras.items()}}
 
     def mix(self, chosen_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """``Q_tot`` of the online mixer: ``[..., n]``, ``[..., S]`` -> ``[...]``."""

@@ -44,6 +44,10 @@ class TeamRuntimeConfig:
                 setattr(self, key, value)
         return self
 
+    def intrinsic_spec(self) -> dict:
+        """The intrinsic-reward components to build (an algorithm may add its own, as FoX does)."""
+        return dict(self.intrinsic or {})
+
     #: The options :meth:`team_runtime` sets (also accepted by the algorithms' ``training(...)``).
     TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_state_out", "attack", "intrinsic")
 

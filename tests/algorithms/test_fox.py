@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from marlx.algorithms.fox import FoXConfig
-from marlx.algorithms.fox.formation import FormationKeyer
-from marlx.algorithms.fox.replay import FOX_COUNT_BONUS, FOX_KEYS, FormationCountingReplay
+from marlx.intrinsic.fox import FOX_COUNT_BONUS, FOX_KEYS, FoXCount
+from marlx.intrinsic.fox_formation import FormationKeyer
+from marlx.runtime.episode import TeamEpisode
+from marlx.runtime.replay import TeamEpisodeReplay
 
 TASK = {"size": 4, "box_start_row": 1, "episode_limit": 12}
 
@@ -24,21 +26,24 @@ def fox_config(**training):
     )
 
 
-def test_replay_counts_every_stored_step_and_serves_bonus_of_next_formation():
-    replay = FormationCountingReplay(capacity=10, seed=0, round_decimals=3, beta1=0.1)
+def test_count_component_counts_every_collected_step_and_serves_bonus_of_next_formation():
+    count = FoXCount({"formation_round": 3, "beta1": 0.1}, None, None, where="driver")
     rng = np.random.default_rng(0)
     obs = {"obs": rng.normal(size=(4, 2, 3)).astype(np.float32), "state": np.zeros((4, 1), np.float32),
            "avail": np.ones((4, 2, 5), np.float32)}
-    ep = {"obs": obs, "actions": np.zeros((3, 2), np.int64), "rewards": np.zeros(3, np.float32), "terminated": True}
-    replay.add_arrays(ep)
-    replay.add_arrays(ep)
-    assert replay.counter.total == 8 and len(replay.counter) == 4  # 4 distinct formations, each seen twice
+    ep = TeamEpisode(obs=obs, actions=np.zeros((3, 2), np.int64), executed_actions=np.zeros((3, 2), np.int64),
+                     rewards=np.zeros(3, np.float32), terminated=True)
+    count.observe([ep, ep])
+    assert count.counter.total == 8 and len(count.counter) == 4  # 4 distinct formations, each seen twice
+    replay = TeamEpisodeReplay(capacity=10, seed=0)
+    replay.add([ep, ep])
     batch = replay.sample(2)
+    count.annotate(batch)
     keys = FormationKeyer(3, 3, 0).keys(obs["obs"].astype(np.float64))
     np.testing.assert_allclose(batch[FOX_KEYS][0], keys.astype(np.float32))
     np.testing.assert_allclose(batch[FOX_COUNT_BONUS][0], 0.1 / np.sqrt(2) * np.ones(3), rtol=1e-6)
-    restored = FormationCountingReplay(capacity=10)
-    restored.set_state(replay.get_state())
+    restored = FoXCount({}, None, None, where="driver")
+    restored.set_state(count.get_state())
     assert restored.counter.total == 8
 
 
@@ -49,9 +54,10 @@ def test_fox_trains_with_bonuses_and_evaluation_does_not_count(ray_session, tmp_
         for _ in range(3):
             result = algo.train()
         learner = result["learners"]["default_policy"]
-        for key in ("fox_count_bonus_mean", "fox_awareness_bonus_mean", "fox_vae_L1", "fox_local_l1", "td_loss"):
+        for key in ("intrinsic/fox_count_mean", "intrinsic/fox_awareness_mean", "intrinsic/fox_awareness/vae_L1",
+                    "fox_local_l1", "td_loss"):
             assert key in learner, key
-        assert learner["fox_count_bonus_mean"] > 0 and learner["fox_awareness_bonus_mean"] >= 0
+        assert learner["intrinsic/fox_count_mean"] > 0 and learner["intrinsic/fox_awareness_mean"] >= 0
         counter = algo.formation_counter
         total, distinct = counter.total, len(counter)
         assert total == algo.replay.steps_added + algo.replay.episodes_added  # T+1 formations per episode
@@ -84,8 +90,9 @@ def test_fox_formations_from_positions_and_released_flag(ray_session):
     try:
         for _ in range(2):
             result = algo.train()
-        assert algo.replay.keyer.dim == 2  # keys from (x, y) positions
-        assert "fox_vae_L1" in result["learners"]["default_policy"]
+        count = next(c for c in algo.intrinsic if c.name == "fox_count")
+        assert count.keyer.dim == 2  # keys from (x, y) positions
+        assert "intrinsic/fox_awareness/vae_L1" in result["learners"]["default_policy"]
         assert algo.learner_group._learner.vaes["default_policy"].released_grad_accumulation
     finally:
         algo.stop()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from marlx.algorithms.fox.formation import FormationCounter, FormationKeyer, count_bonus
-from marlx.algorithms.fox.vae import AwarenessNormaliser, FormationVAE
+from marlx.intrinsic.fox_formation import FormationCounter, FormationKeyer, count_bonus
+from marlx.intrinsic.fox_vae import AwarenessNormaliser, FormationVAE
 
 # A hash matrix whose sign codes are easy to compute by hand.
 A = np.array([[1, 0], [0, 1], [1, -1], [-1, 1], [1, 1], [-1, -1], [1, 0], [0, -1], [-1, 0]], float)

@@ -6,7 +6,6 @@ Importing this package registers ``FoX`` with Ray Tune (``run: FoX``).
 from marlx.algorithms.fox.fox import FoX, FoXConfig
 from marlx.algorithms.fox.learner import FoXLearner
 from marlx.algorithms.fox.module import FoXRLModule
-from marlx.algorithms.fox.replay import FormationCountingReplay
 
 
 def _register() -> None:
@@ -17,4 +16,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["FoX", "FoXConfig", "FoXLearner", "FoXRLModule", "FormationCountingReplay"]
+__all__ = ["FoX", "FoXConfig", "FoXLearner", "FoXRLModule"]

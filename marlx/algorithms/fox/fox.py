@@ -2,10 +2,11 @@
 
 ``run: FoX`` in YAML. Everything QMIX has, plus (spec: shared/specs/fox.md):
 
-* formation keys of every training step, counted by :class:`~marlx.algorithms.fox.replay.FormationCountingReplay`
-  (evaluation episodes never count; the counts are saved in checkpoints);
+* formation keys of every training step, counted by the ``fox_count`` intrinsic component
+  (:mod:`marlx.intrinsic.fox`; evaluation episodes never count; the counts are saved in checkpoints);
 * the formation-aware Q network (:class:`~marlx.algorithms.fox.module.FoXRLModule`);
-* the count and formation-awareness bonuses and the formation VAE (:class:`~marlx.algorithms.fox.learner.FoXLearner`).
+* the count bonus (``fox_count``), the formation-awareness bonus and the formation VAE (``fox_awareness``),
+  configured from FoX's attributes below, and CDS's L1 penalty (:class:`~marlx.algorithms.fox.learner.FoXLearner`).
 
 Defaults are the paper's GRF settings (beta1 0.01, beta2 0.02, round 3); the SMAC example used beta1 0.02,
 round 1 and the "smac" normalisation.
@@ -19,8 +20,8 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from marlx.algorithms.fox.learner import FoXLearner
 from marlx.algorithms.fox.module import FOX_MODEL_DEFAULTS, FoXRLModule
-from marlx.algorithms.fox.replay import FormationCountingReplay
 from marlx.algorithms.qmix.qmix import QMIX, QMIXConfig
+from marlx.intrinsic.fox import AWARENESS_DEFAULTS, COUNT_DEFAULTS
 
 _FOX_OPTIONS = (
     "beta1", "beta2", "formation_round", "formation_source", "bonus_normalisation", "hash_seed",
@@ -90,6 +91,12 @@ class FoXConfig(QMIXConfig):
         # Private AlgorithmConfig hook (Ray 2.60), the same one QMIXConfig extends: config -> model_config.
         return super()._model_config_auto_includes | {k: getattr(self, k) for k in FOX_MODEL_DEFAULTS}
 
+    def intrinsic_spec(self) -> dict:
+        """The user's ``intrinsic`` components plus FoX's two, with options from FoX's attributes."""
+        count = {k: getattr(self, k) for k in COUNT_DEFAULTS}
+        awareness = {k: getattr(self, k) for k in AWARENESS_DEFAULTS if k != "seed"} | {"seed": int(self.seed or 0)}
+        return {**(self.intrinsic or {}), "fox_count": count, "fox_awareness": awareness}
+
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=FoXRLModule)
 
@@ -118,14 +125,7 @@ class FoX(QMIX):
     def get_default_config(cls) -> FoXConfig:
         return FoXConfig(cls)
 
-    def setup(self, config: FoXConfig) -> None:
-        super().setup(config)
-        self.replay = FormationCountingReplay(
-            config.buffer_size, config.replay_obs_dtype, seed=config.seed, source=config.formation_source,
-            round_decimals=config.formation_round, hash_seed=config.hash_seed, beta1=config.beta1,
-            normalisation=config.bonus_normalisation,
-        )
-
     @property
     def formation_counter(self):
-        return self.replay.counter
+        """The visit counter of training formations (the driver's ``fox_count`` component)."""
+        return next(c for c in self.intrinsic if c.name == "fox_count").counter

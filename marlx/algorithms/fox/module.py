@@ -14,11 +14,11 @@ from ray.rllib.core.columns import Columns
 from torch import nn
 from torch.nn import functional as F
 
-from marlx.algorithms.fox.vae import FormationEncoder
+from marlx.intrinsic.fox import FOX_HIDDEN
+from marlx.intrinsic.fox_vae import FormationEncoder
 from marlx.modules.agent import RNNAgent
 from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES, QMIXRLModule
 
-FOX_HIDDEN = "fox_hidden"
 FOX_LOCAL_Q = "fox_local_q"
 
 FOX_MODEL_DEFAULTS = {"vae_latent_dim": 64, "vae_hidden_dim": 128, "local_head_hidden": 64, "formation_latent": "sample"}
@@ -79,20 +79,15 @@ class FoXRLModule(QMIXRLModule):
     def formation_encoder(self) -> FormationEncoder:
         return self.agent.encoder
 
+    def agent_forward(self, net, x, h):
+        q, h, local = net.forward_parts(x, h)
+        return q, h, {FOX_LOCAL_Q: local}
+
     def _forward_train(self, batch: dict, **kwargs) -> dict:
         obs = self.team_obs(batch)
         actions = batch[Columns.ACTIONS]
-        steps, b = obs["obs"].shape[1], obs["obs"].shape[0]
-        h = obs["obs"].new_zeros(b, self.n_agents, self.hidden_dim)
-        qs, hs, locals_ = [], [], []
-        for t in range(steps):
-            x = self.build_agent_inputs({k: v[:, t] for k, v in obs.items()}, actions[:, t - 1] if t > 0 else None)
-            q, h_flat, local = self.agent.forward_parts(x.reshape(b * self.n_agents, -1), h.reshape(b * self.n_agents, -1))
-            h = h_flat.view(b, self.n_agents, -1)
-            qs.append(q.view(b, self.n_agents, -1))
-            hs.append(h)
-            locals_.append(local.view(b, self.n_agents, -1))
-        out = {Q_VALUES: torch.stack(qs, 1), FOX_HIDDEN: torch.stack(hs, 1), FOX_LOCAL_Q: torch.stack(locals_, 1)}
+        q, extras = self.unroll(obs, actions, with_extras=True)
+        out = {Q_VALUES: q, FOX_HIDDEN: extras["hidden"], FOX_LOCAL_Q: extras[FOX_LOCAL_Q]}
         with torch.no_grad():
             out[TARGET_Q_VALUES] = self.unroll(obs, actions, target=True)
         return out

@@ -43,7 +43,7 @@ class QMIXLearner(TorchLearner):
             module = module.unwrapped()
             self.intrinsic[module_id] = [
                 c.to(next(module.parameters()).device)
-                for c in build_intrinsic(getattr(self.config, "intrinsic", None), module.observation_space,
+                for c in build_intrinsic(self.config.intrinsic_spec(), module.observation_space,
                                          module.action_space, module.model_config, "learner")
             ]
         self._intrinsic_inputs: dict = {}

@@ -237,7 +237,7 @@ class QMIX(Algorithm):
         spaces = self.env_runner_group.get_spaces() if self.env_runner_group else {}
         obs_space, act_space = spaces.get("default_policy", (None, None))
         #: driver-side parts of the configured intrinsic-reward components (observe / annotate)
-        self.intrinsic = build_intrinsic(config.intrinsic, obs_space, act_space, config.model_config, "driver")
+        self.intrinsic = build_intrinsic(config.intrinsic_spec(), obs_space, act_space, config.model_config, "driver")
 
     def make_replay(self, config: QMIXConfig) -> TeamEpisodeReplay:
         """The episode replay (a subclass may store more columns or count what it stores)."""

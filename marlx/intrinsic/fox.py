@@ -1,0 +1,216 @@
+"""FoX's two intrinsic rewards (Jo et al., AAAI 2024; spec ``shared/specs/fox.md`` §3-4) as components.
+
+* ``fox_count`` — the formation visit counter and the count bonus ``beta1 * N(F_{t+1})^(-1/2)`` (or the SMAC
+  normalisation). Driver side: :meth:`FoXCount.observe` counts every formation of every collected training
+  episode once (evaluation episodes never pass through ``observe``); :meth:`FoXCount.annotate` adds to a
+  sampled batch the count bonus of the next formation from the counts at sampling time (``fox_count_bonus
+  [B, T]``) and the formation keys and index sets (``fox_keys [B, T+1, 4n]``, ``fox_far``/``fox_near``
+  ``[B, T+1, n]``) that the awareness bonus needs. Learner side: the bonus is the annotated column.
+* ``fox_awareness`` — the formation VAE and the formation-awareness bonus ``beta2 * sum_i norm(b_i)`` of the
+  next step's hidden states (no gradient). Learner side only: :meth:`FoXAwareness.bonus` reads the module's
+  per-step hidden states (``fox_hidden``, returned by FoX's module) and the batch's formation columns;
+  :meth:`FoXAwareness.update` trains the VAE on ``vae_samples_per_update`` random (episode, t, agent) samples
+  of the same batch after the RL update. It shares the module's formation encoder.
+
+Formation keys are computed from the vectors as the replay stores them (``replay_obs_dtype``), so a float16
+replay counts and looks up the same keys.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from marlx.intrinsic.base import IntrinsicReward, register_intrinsic
+from marlx.intrinsic.fox_formation import FormationCounter, FormationKeyer, count_bonus
+from marlx.intrinsic.fox_vae import AwarenessNormaliser, FormationVAE
+from marlx.runtime.columns import MASK
+
+FOX_KEYS, FOX_FAR, FOX_NEAR, FOX_COUNT_BONUS = "fox_keys", "fox_far", "fox_near", "fox_count_bonus"
+#: Per-step hidden states ``[B, T+1, n, H]`` in the forward output of FoX's module.
+FOX_HIDDEN = "fox_hidden"
+
+#: Defaults of ``fox_count`` (FoXConfig passes its own attributes; see its docs for the sources).
+COUNT_DEFAULTS = {"beta1": 0.01, "formation_round": 3, "formation_source": "obs", "bonus_normalisation": "grf",
+                  "hash_seed": 0, "replay_obs_dtype": "float32"}
+#: Defaults of ``fox_awareness``.
+AWARENESS_DEFAULTS = {"beta2": 0.02, "vae_latent_dim": 64, "vae_hidden_dim": 128, "vae_lr": 1e-3,
+                      "vae_grad_clip": 1.0, "vae_samples_per_update": 25, "vae_tau_weight": 0.1,
+                      "vae_key_scale": 1000.0, "vae_kl_weight": 1.0, "awareness_samples": 20,
+                      "released_grad_accumulation": False, "bonus_normalisation": "grf", "seed": 0}
+
+
+def _check(options: dict, defaults: dict) -> None:
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(defaults)}")
+    for key, value in options.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, numbers.Real):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default)) or value is None
+        if not ok:
+            raise ValueError(f"{key} must be of the type of {default!r}, got {value!r}")
+    if options.get("formation_source", "obs") not in ("obs", "positions"):
+        raise ValueError(f"formation_source must be 'obs' or 'positions', got {options['formation_source']!r}")
+    if options.get("bonus_normalisation", "grf") not in ("grf", "smac"):
+        raise ValueError(f"bonus_normalisation must be 'grf' or 'smac', got {options['bonus_normalisation']!r}")
+
+
+def gather_agents(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x [..., n, H]``, ``index [..., n]`` -> ``x[..., index[j], :]`` for every agent j."""
+    return torch.take_along_dim(x, index.long().unsqueeze(-1).expand(*index.shape, x.shape[-1]), dim=-2)
+
+
+@register_intrinsic("fox_count")
+class FoXCount(IntrinsicReward):
+    """Formation visit counts (driver) and FoX's count bonus."""
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        _check(options, COUNT_DEFAULTS)
+
+    def __init__(self, options, observation_space, action_space, model_config=None, where="learner"):
+        super().__init__({**COUNT_DEFAULTS, **options}, observation_space, action_space, model_config, where)
+        self.counter = FormationCounter()
+        self.keyer: FormationKeyer | None = None
+        self.dtype = np.dtype(self.options["replay_obs_dtype"])
+
+    def _vectors(self, obs: dict) -> np.ndarray:
+        source = self.options["formation_source"]
+        if source not in obs:
+            raise ValueError("formation_source='positions' needs an env with agent positions "
+                             "(observation key 'positions')")
+        return np.asarray(obs[source]).astype(self.dtype).astype(np.float32)
+
+    def _keys(self, vectors: np.ndarray):
+        if self.keyer is None:
+            self.keyer = FormationKeyer(vectors.shape[-1], self.options["formation_round"], self.options["hash_seed"])
+        return self.keyer.keys_and_index_sets(vectors)
+
+    def observe(self, episodes: list) -> None:
+        for ep in episodes:
+            if ep.start_t == 0:  # every formation of the episode, F_0 .. F_T
+                keys, _, _ = self._keys(self._vectors(ep.obs))
+            else:  # a later chunk (fragment mode): its first observation was counted with the previous chunk
+                keys, _, _ = self._keys(self._vectors({k: v[1:] for k, v in ep.obs.items()}))
+            self.counter.update(keys)
+
+    def annotate(self, batch: dict) -> None:
+        keys, far, near = self._keys(self._vectors(batch))
+        mask = batch[MASK]
+        counts = self.counter.lookup(keys[:, 1:])
+        bonus = count_bonus(counts, self.options["beta1"], self.options["bonus_normalisation"], mask)
+        batch[FOX_COUNT_BONUS] = bonus.astype(np.float32) * mask
+        batch[FOX_KEYS] = keys.astype(np.float32)
+        batch[FOX_FAR], batch[FOX_NEAR] = far.astype(np.int64), near.astype(np.int64)
+
+    def bonus(self, batch: dict, fwd_out: dict, module):
+        return batch[FOX_COUNT_BONUS]
+
+    def get_state(self) -> dict:
+        return {"counter": self.counter.get_state()} if self.where == "driver" else {}
+
+    def set_state(self, state: dict) -> None:
+        if "counter" in state:
+            self.counter.set_state(state["counter"])
+
+
+@register_intrinsic("fox_awareness")
+class FoXAwareness(IntrinsicReward):
+    """The formation VAE (trained on the learner) and FoX's formation-awareness bonus."""
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        _check(options, AWARENESS_DEFAULTS)
+        o = {**AWARENESS_DEFAULTS, **options}
+        if o["vae_samples_per_update"] < 1 or o["awareness_samples"] < 1:
+            raise ValueError("vae_samples_per_update and awareness_samples must be >= 1")
+
+    def __init__(self, options, observation_space, action_space, model_config=None, where="learner"):
+        super().__init__({**AWARENESS_DEFAULTS, **options}, observation_space, action_space, model_config, where)
+        self.vae: FormationVAE | None = None
+        self.normaliser = AwarenessNormaliser(self.options["bonus_normalisation"])
+        self.rng = torch.Generator().manual_seed(int(self.options["seed"] or 0))
+        self._pending_state: dict | None = None
+
+    def build_vae(self, module) -> FormationVAE:
+        """The VAE around the module's formation encoder (built on first use, on the module's device)."""
+        if self.vae is None:
+            o = self.options
+            self.vae = FormationVAE(
+                n_agents=module.n_agents, hidden_dim=module.hidden_dim, vae_hidden=o["vae_hidden_dim"],
+                latent_dim=o["vae_latent_dim"], key_scale=o["vae_key_scale"], tau_weight=o["vae_tau_weight"],
+                lr=o["vae_lr"], grad_clip=o["vae_grad_clip"],
+                released_grad_accumulation=o["released_grad_accumulation"], kl_weight=o["vae_kl_weight"],
+                encoder=module.formation_encoder,
+            ).to(next(module.parameters()).device)
+            if self._pending_state is not None:
+                self._load(self._pending_state)
+                self._pending_state = None
+        return self.vae
+
+    def bonus(self, batch: dict, fwd_out: dict, module):
+        beta2 = self.options["beta2"]
+        vae = self.build_vae(module)
+        if beta2 == 0.0:
+            return None
+        mask = batch[MASK]
+        hidden = fwd_out[FOX_HIDDEN].detach()  # [B, T+1, n, H]
+        keys, far, near = batch[FOX_KEYS], batch[FOX_FAR], batch[FOX_NEAR]
+        h_next, k_next = hidden[:, 1:], keys[:, 1:]
+        h_far, h_near = gather_agents(h_next, far[:, 1:]), gather_agents(h_next, near[:, 1:])
+        n = h_next.shape[2]
+        b, log_q = vae.awareness_log_ratio(h_next, h_far, h_near, k_next.unsqueeze(2).expand(-1, -1, n, -1),
+                                           self.options["awareness_samples"])
+        agent_mask = mask.unsqueeze(-1).expand_as(b)
+        awareness = self.normaliser(b, log_q, agent_mask) * agent_mask
+        return beta2 * awareness.sum(-1)
+
+    def update(self, batch: dict, fwd_out: dict, module) -> dict:
+        vae = self.build_vae(module)
+        hidden = fwd_out[FOX_HIDDEN].detach()
+        keys, far, near, mask = batch[FOX_KEYS], batch[FOX_FAR], batch[FOX_NEAR], batch[MASK]
+        valid = mask.nonzero()  # (episode, t) pairs of real steps (t < T: the mask covers transitions)
+        if len(valid) == 0:
+            return {}
+        k = self.options["vae_samples_per_update"]
+        pick = valid[torch.randint(len(valid), (k,), generator=self.rng)]
+        agent = torch.randint(hidden.shape[2], (k,), generator=self.rng)
+        e, t = pick[:, 0], pick[:, 1]
+        h = hidden[e, t]  # [k, n, H]
+        rows = torch.arange(k)
+        losses = vae.train_step(h[rows, agent], h[rows, far[e, t, agent].long()], h[rows, near[e, t, agent].long()],
+                                keys[e, t])
+        return {f"vae_{name}": value for name, value in losses.items()}
+
+    def get_state(self) -> dict:
+        if self.vae is None:
+            return self._pending_state or {}
+        return {
+            "decoder": self.vae.decoder.state_dict(),
+            "decoder_tau": self.vae.decoder_tau.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.vae.optimizers.items()},
+            "normaliser": self.normaliser.get_state(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        if not state:
+            return
+        if self.vae is None:  # the VAE is built with the module on first use
+            self._pending_state = state
+            self.normaliser.set_state(state["normaliser"])
+        else:
+            self._load(state)
+
+    def _load(self, state: dict) -> None:
+        self.vae.decoder.load_state_dict(state["decoder"])
+        self.vae.decoder_tau.load_state_dict(state["decoder_tau"])
+        for name, opt in self.vae.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.normaliser.set_state(state["normaliser"])
