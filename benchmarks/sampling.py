@@ -3,16 +3,18 @@
 Contestants, measured side by side in this one process (one thread):
 
 * ``bare``: the team env stepped with random available actions (no RLlib), the reference;
-* ``marlx_qmix``: RLlib's SingleAgentEnvRunner with marlx's QMIX module (epsilon-greedy, one batched
-  forward pass over envs x agents per step), whole episodes;
+* ``marlx_qmix``: marlx's :class:`~marlx.runtime.runner.TeamEnvRunner` with the QMIX module (epsilon-greedy,
+  one batched forward pass over envs x agents per step, numpy team arrays), whole episodes;
 * ``rllib_ppo_ma``: RLlib's MultiAgentEnvRunner with a shared PPO module on the env's multi-agent view
   (``env_config={"marlx_view": "multi_agent"}``), RLlib's default multi-agent sampling.
 
+The machine is shared, so the contestants run interleaved in ``--rounds`` rounds of ``--seconds`` each and the
+MEDIAN per-round ratio is reported (as benchmarks/envs.py does).
 For 1 and 8 envs per runner it prints env steps/s and the ratios, then the replay memory of QMIX per env step
 (measured on the sampled episodes) and the projection to 5,000 episodes of GRF academy_3_vs_1_with_keeper
 (simple115 observations: 3 agents x 115, state 115, 19 actions, 150 steps). The last line is one JSON object.
 
-    python benchmarks/sampling.py --env builtin/push_box --seconds 8
+    python benchmarks/sampling.py --env builtin/push_box --env-config '{"size": 6}' --seconds 3 --rounds 5
 """
 
 from __future__ import annotations
@@ -30,12 +32,21 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def bare_steps_per_s(env_name: str, env_config: dict, n_envs: int, seconds: float) -> float:
-    from marlx.envs.registry import make_env
+class Bare:
+    """The team envs stepped with random available actions, no RLlib."""
 
-    envs = [make_env(env_name, **env_config) for _ in range(n_envs)]
-    rng = np.random.default_rng(0)
-    obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
+    def __init__(self, env_name: str, env_config: dict, n_envs: int):
+        from marlx.envs.registry import make_env
+
+        self.envs = [make_env(env_name, **env_config) for _ in range(n_envs)]
+        self.rng = np.random.default_rng(0)
+        self.obs = [e.reset(seed=i)[0] for i, e in enumerate(self.envs)]
+
+    def steps_per_s(self, seconds: float) -> float:
+        return bare_steps_per_s(self.envs, self.obs, self.rng, seconds)
+
+
+def bare_steps_per_s(envs, obs, rng, seconds: float) -> float:
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for i, env in enumerate(envs):
@@ -50,7 +61,6 @@ def bare_steps_per_s(env_name: str, env_config: dict, n_envs: int, seconds: floa
 
 def runner_steps_per_s(algo, seconds: float) -> float:
     runner = algo.env_runner
-    runner.sample()  # warm-up (connectors, first forward)
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         episodes = runner.sample()
@@ -101,7 +111,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="builtin/push_box")
     p.add_argument("--env-config", default="{}", help="JSON env config")
-    p.add_argument("--seconds", type=float, default=8.0, help="measuring time per contestant")
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per contestant and round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median ratio is reported)")
     p.add_argument("--envs", default="1,8", help="envs per runner to compare")
     p.add_argument("--no-ppo", action="store_true", help="skip RLlib's multi-agent PPO sampler")
     args = p.parse_args()
@@ -112,26 +123,38 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     env_config = json.loads(args.env_config)
-    figures: dict = {"bench": "sampling", "env": args.env}
-    print(f"{'envs':>4} {'bare/s':>9} {'marlx/s':>9} {'ppo_ma/s':>9} {'marlx/bare':>10} {'marlx/ppo':>9}")
+    figures: dict = {"bench": "sampling", "env": args.env, "env_config": env_config, "rounds": args.rounds,
+                     "seconds": args.seconds}
+    print(f"{'envs':>4} {'bare/s':>9} {'marlx/s':>9} {'ppo_ma/s':>9} {'marlx/bare':>10} {'marlx/ppo':>9}"
+          "   (medians of per-round figures)")
     for n_envs in [int(x) for x in args.envs.split(",")]:
-        bare = bare_steps_per_s(args.env, env_config, n_envs, args.seconds)
+        bare = Bare(args.env, env_config, n_envs)
         algo = qmix_algo(args.env, env_config, n_envs)
-        marlx = runner_steps_per_s(algo, args.seconds)
+        algo.env_runner.sample()  # warm-up
+        palgo = None if args.no_ppo else ppo_algo(args.env, env_config, n_envs)
+        if palgo is not None:
+            palgo.env_runner.sample()
+        rows = []
+        for _ in range(args.rounds):
+            b = bare.steps_per_s(args.seconds)
+            m = runner_steps_per_s(algo, args.seconds)
+            pp = runner_steps_per_s(palgo, args.seconds) if palgo is not None else float("nan")
+            rows.append((b, m, pp))
         if n_envs == 1:
             figures.update(replay_figures(algo))
         algo.stop()
-        ppo = float("nan")
-        if not args.no_ppo:
-            palgo = ppo_algo(args.env, env_config, n_envs)
-            ppo = runner_steps_per_s(palgo, args.seconds)
+        if palgo is not None:
             palgo.stop()
-        print(f"{n_envs:>4} {bare:>9.0f} {marlx:>9.0f} {ppo:>9.0f} {marlx / bare:>10.2f} {marlx / ppo:>9.2f}")
-        figures[f"bare_steps_per_s_{n_envs}"] = round(bare, 1)
-        figures[f"marlx_steps_per_s_{n_envs}"] = round(marlx, 1)
-        figures[f"rllib_ppo_ma_steps_per_s_{n_envs}"] = round(ppo, 1)
-        figures[f"marlx_over_bare_{n_envs}"] = round(marlx / bare, 3)
-        figures[f"marlx_over_rllib_ppo_ma_{n_envs}"] = round(marlx / ppo, 3) if ppo == ppo else None
+        arr = np.array(rows)
+        b, m, pp = np.median(arr, axis=0)
+        over_bare = float(np.median(arr[:, 1] / arr[:, 0]))
+        over_ppo = float(np.median(arr[:, 1] / arr[:, 2])) if palgo is not None else float("nan")
+        print(f"{n_envs:>4} {b:>9.0f} {m:>9.0f} {pp:>9.0f} {over_bare:>10.2f} {over_ppo:>9.2f}")
+        figures[f"bare_steps_per_s_{n_envs}"] = round(float(b), 1)
+        figures[f"marlx_steps_per_s_{n_envs}"] = round(float(m), 1)
+        figures[f"rllib_ppo_ma_steps_per_s_{n_envs}"] = round(float(pp), 1)
+        figures[f"marlx_over_bare_{n_envs}"] = round(over_bare, 3)
+        figures[f"marlx_over_rllib_ppo_ma_{n_envs}"] = round(over_ppo, 3) if palgo is not None else None
     print(f"replay: {figures['replay_bytes_per_step']} bytes per env step on {args.env}; GRF 3v1: "
           f"{figures['grf_3v1_bytes_per_step']} bytes/step, 5000 episodes x 150 steps = "
           f"{figures['grf_3v1_5000_episodes_gib']} GiB")

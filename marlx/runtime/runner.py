@@ -66,6 +66,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
+from marlx._rllib import module_forward
 from marlx.attacks.base import ATTACK_KEY, AttackContext, make_attack
 from marlx.runtime.columns import ATTACKED, AVAIL, STATE_OUT_PREFIX
 from marlx.runtime.episode import TeamEpisode
@@ -381,10 +382,7 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
             state = self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
             batch[Columns.STATE_IN] = {k: torch.from_numpy(v).to(self._device) for k, v in state.items()}
         with torch.no_grad():
-            if explore:
-                out = self.module.forward_exploration(batch, t=self._epsilon_t())
-            else:
-                out = self.module.forward_inference(batch)
+            out = module_forward(self.module, batch, explore, self._epsilon_t())
         actions = out[Columns.ACTIONS]
         actions = actions.cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         actions = actions.reshape(len(rows), -1).astype(np.int64)

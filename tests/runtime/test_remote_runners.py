@@ -32,12 +32,14 @@ def test_two_remote_runners_and_a_killed_one(ray_session):
         # kill remote runner 1 from inside (its actor process exits)
         algo.env_runner_group.foreach_env_runner(lambda w: os._exit(1), remote_worker_ids=[1],
                                                  local_env_runner=False, timeout_seconds=5)
-        lifetimes = []
-        for _ in range(4):
+        healthy = []
+        for _ in range(12):  # RLlib restarts the actor in the background; give it a few iterations
             r = algo.train()
-            lifetimes.append(r["env_runners"]["num_env_steps_sampled_lifetime"])
-        assert lifetimes[-1] > before  # training went on
-        assert algo.env_runner_group.num_healthy_remote_workers() == 2  # and the runner was restarted
+            healthy.append(algo.env_runner_group.num_healthy_remote_workers())
+            if healthy[-1] == 2 and len(healthy) >= 3:
+                break
+        assert r["env_runners"]["num_env_steps_sampled_lifetime"] > before  # training went on
+        assert healthy[-1] == 2, healthy  # and the runner was restarted
         assert "td_loss" in r["learners"]["default_policy"]
     finally:
         algo.stop()

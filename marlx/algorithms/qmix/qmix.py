@@ -23,7 +23,6 @@ from typing import Any
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
@@ -36,6 +35,7 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
+from marlx._rllib import parallel_sample
 from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
 from marlx.callbacks import TeamMetricsCallback
 from marlx.intrinsic.base import build_intrinsic
@@ -247,13 +247,7 @@ class QMIX(Algorithm):
         cfg: QMIXConfig = self.config
         t0 = time.perf_counter()
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, env_runner_results = synchronous_parallel_sample(
-                worker_set=self.env_runner_group,
-                concat=True,
-                sample_timeout_s=cfg.sample_timeout_s,
-                _uses_new_env_runners=True,
-                _return_metrics=True,
-            )
+            episodes, env_runner_results = parallel_sample(self.env_runner_group, cfg.sample_timeout_s)
         sample_s = time.perf_counter() - t0
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
         for component in self.intrinsic:
