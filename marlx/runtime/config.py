@@ -27,6 +27,9 @@ class TeamRuntimeConfig:
         self.sample_mode: str = sample_mode
         #: Whole episodes each sub-env plays per ``sample()`` call in "episodes" mode (PyMARL: 1).
         self.episodes_per_env: int = 1
+        #: Module outputs (besides actions and recurrent state) kept per step in ``TeamEpisode.extras``: "all" or a
+        #: list of names (e.g. ["q_values"]); attacks see every output either way. QMIX keeps none by default.
+        self.keep_outputs = "all"
         #: Also keep the module's recurrent state after every step in ``TeamEpisode.extras["state_out/<k>"]``.
         self.keep_state_out: bool = False
         #: Action-time transform between the module's joint action and the env (``{name: ..., **options}``,
@@ -35,10 +38,10 @@ class TeamRuntimeConfig:
         #: Intrinsic-reward components ``{name: {options}}`` (see :mod:`marlx.intrinsic`); empty = none.
         self.intrinsic: dict = {}
 
-    def team_runtime(self, *, sample_mode=NotProvided, episodes_per_env=NotProvided, keep_state_out=NotProvided,
-                     attack=NotProvided, intrinsic=NotProvided):
+    def team_runtime(self, *, sample_mode=NotProvided, episodes_per_env=NotProvided, keep_outputs=NotProvided,
+                     keep_state_out=NotProvided, attack=NotProvided, intrinsic=NotProvided):
         """Set the team runtime's options (see the attribute docs of :class:`TeamRuntimeConfig`)."""
-        for key, value in dict(sample_mode=sample_mode, episodes_per_env=episodes_per_env,
+        for key, value in dict(sample_mode=sample_mode, episodes_per_env=episodes_per_env, keep_outputs=keep_outputs,
                                keep_state_out=keep_state_out, attack=attack, intrinsic=intrinsic).items():
             if value is not NotProvided:
                 setattr(self, key, value)
@@ -49,7 +52,7 @@ class TeamRuntimeConfig:
         return dict(self.intrinsic or {})
 
     #: The options :meth:`team_runtime` sets (also accepted by the algorithms' ``training(...)``).
-    TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_state_out", "attack", "intrinsic")
+    TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_outputs", "keep_state_out", "attack", "intrinsic")
 
     def _pop_team_runtime(self, kwargs: dict) -> None:
         """Apply and remove the team-runtime keys of a ``training(**kwargs)`` call."""
@@ -61,6 +64,8 @@ class TeamRuntimeConfig:
             errors.append(f"sample_mode must be one of {SAMPLE_MODES}, got {self.sample_mode!r}")
         if not isinstance(self.episodes_per_env, int) or self.episodes_per_env < 1:
             errors.append(f"episodes_per_env must be an integer >= 1, got {self.episodes_per_env!r}")
+        if self.keep_outputs != "all" and not isinstance(self.keep_outputs, (list, tuple)):
+            errors.append(f"keep_outputs must be 'all' or a list of output names, got {self.keep_outputs!r}")
         for check, value in ((check_attack_config, self.attack), (check_intrinsic_config, self.intrinsic)):
             try:
                 check(value)

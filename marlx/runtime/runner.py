@@ -198,6 +198,8 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
             raise ValueError(f"sample_mode must be one of {SAMPLE_MODES}, got {self.sample_mode!r}")
         self.episodes_per_env = int(getattr(self.config, "episodes_per_env", 1))
         self.keep_state_out = bool(getattr(self.config, "keep_state_out", False))
+        keep = getattr(self.config, "keep_outputs", "all")
+        self.keep_outputs = None if keep == "all" else set(keep)
         self.env = None
         self.num_envs = 0
         self.module = None
@@ -388,7 +390,7 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
         actions = actions.reshape(len(rows), -1).astype(np.int64)
         extras = {}
         for k, v in out.items():
-            if k in (Columns.ACTIONS, Columns.STATE_OUT):
+            if k in (Columns.ACTIONS, Columns.STATE_OUT) or (self.keep_outputs is not None and k not in self.keep_outputs):
                 continue
             extras[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
         state_out = out.get(Columns.STATE_OUT)

@@ -197,3 +197,14 @@ def test_batched_smax_env_returns_whole_episodes():
             assert np.isfinite(e.obs["state"]).all()
     eps = runner.sample(num_episodes=6, explore=False)
     assert len(eps) == 6 and np.bincount([e.env_index for e in eps], minlength=4).tolist() == [2, 2, 1, 1]
+
+
+def test_module_outputs_kept_per_step_when_asked():
+    """``keep_outputs``: QMIX keeps none by default; asked for, Q values come per step; the state too."""
+    assert make_runner(num_envs=2).sample()[0].extras == {}
+    runner = make_runner(num_envs=2, keep_outputs=["q_values"], keep_state_out=True)
+    for ep in runner.sample():
+        assert ep.extras[Q_VALUES].shape == (len(ep), 2, 3)
+        assert ep.extras["state_out/h"].shape == (len(ep), 2, 8)
+        # the greedy choice of the kept Q values is what the module did where epsilon did not explore
+        np.testing.assert_array_equal(ep.extras["state_out/prev_actions"], ep.actions.astype(np.float32))

@@ -74,6 +74,7 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         self.callbacks_class = TeamMetricsCallback
         # marlx's team env runner: whole episodes, each sub-env seeded once (see marlx/runtime/runner.py)
         self._init_team_runtime(sample_mode="episodes")
+        self.keep_outputs = []  # the TD learner recomputes Q values; an attack still sees them at action time
 
         # -- replay and update schedule --------------------------------------------------------
         #: Replay capacity in episodes (PyMARL buffer_size).
