@@ -373,16 +373,22 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
     def _epsilon_t(self) -> int:
         return int(self._global_steps_base + self._local_steps_since_sync * self._step_factor)
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        return t if self._device.type == "cpu" else t.to(self._device)
+
     def _act(self, rows: np.ndarray, explore: bool):
         """One forward pass for the sub-envs ``rows``: ``(intended [B, n], executed [B, n], extras)``."""
         all_rows = len(rows) == self.num_envs
-        leaves = self._cur_obs[rows[0]].keys()
-        obs_np = {k: np.stack([self._cur_obs[i][k] for i in rows]) for k in leaves}
-        obs = {k: torch.from_numpy(v).to(self._device) for k, v in obs_np.items()}
+        if len(rows) == 1:
+            obs_np = {k: v[None] for k, v in self._cur_obs[rows[0]].items()}
+        else:
+            obs_np = {k: np.stack([self._cur_obs[i][k] for i in rows]) for k in self._cur_obs[rows[0]]}
+        obs = {k: self._tensor(v) for k, v in obs_np.items()}
         batch = {Columns.OBS: obs}
         if self._state is not None:
             state = self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
-            batch[Columns.STATE_IN] = {k: torch.from_numpy(v).to(self._device) for k, v in state.items()}
+            batch[Columns.STATE_IN] = {k: self._tensor(v) for k, v in state.items()}
         with torch.no_grad():
             out = module_forward(self.module, batch, explore, self._epsilon_t())
         actions = out[Columns.ACTIONS]
