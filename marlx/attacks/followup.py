@@ -1,0 +1,117 @@
+"""Wolfpack's follow-up group: the agents whose policies react most to the initial agent's attack.
+
+The released code (``runners/episode_runner.py:146-205``) copies the current agent network, takes ONE step of a
+fresh ``torch.optim.Adam`` on ``(Q_tot^attack - sg(Q_tot^normal))^2`` (the initial agent's action replaced by its
+attack action, mixed by the mixer), and scores every other agent ``j`` with
+``KL(softmax(z(Q_j before)) || softmax(z(Q_j after)))``, ``z`` the z-score over the action axis. The top
+``m`` agents by KL are the follow-up group.
+
+A fresh Adam's first step, with bias correction, is ``p - lr * g / (|g| + eps)`` elementwise
+(``m̂ = g``, ``v̂ = g²``), so :func:`one_step_adam` reproduces it without an optimiser object or a deep copy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad
+
+#: Adam's epsilon (PyTorch default), the only Adam constant a single step depends on
+ADAM_EPS = 1e-8
+
+
+def one_step_adam(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float,
+                  eps: float = ADAM_EPS) -> dict[str, torch.Tensor]:
+    """The parameters after the first step of a fresh ``torch.optim.Adam(lr=lr, eps=eps)``: ``p - lr·g/(|g|+eps)``."""
+    return {k: p - lr * grads[k] / (grads[k].abs() + eps) for k, p in params.items()}
+
+
+def zscore_softmax(q: torch.Tensor) -> torch.Tensor:
+    """``softmax`` of the z-scored Q values over the last (action) axis; ``std`` is torch's unbiased one."""
+    z = (q - q.mean(dim=-1, keepdim=True)) / q.std(dim=-1, keepdim=True)
+    # the released code divides by the std once more; z already has std 1, so that is a no-op
+    return z.softmax(dim=-1)
+
+
+def kl_scores(q_before: torch.Tensor, q_after: torch.Tensor) -> torch.Tensor:
+    """``KL(p_before || p_after)`` per agent, summed over ALL actions (no avail mask, as released): ``[..., n]``."""
+    p, r = zscore_softmax(q_before), zscore_softmax(q_after)
+    return (p * (p.log() - r.log())).sum(dim=-1)
+
+
+def top_m(scores: np.ndarray, excluded: np.ndarray, m: int, largest: bool = True) -> np.ndarray:
+    """Per row, the ``m`` agents with the largest (or smallest) score, ``excluded[row]`` left out.
+
+    ``scores [B, n]``, ``excluded [B]`` (an agent index, or ``n`` for "none") -> ``[B, m]`` int64, best first;
+    ties go to the lower index (a stable sort, like the released list sort).
+    """
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    b, n = scores.shape
+    bad = -np.inf if largest else np.inf
+    rows = np.arange(b)
+    valid = np.asarray(excluded) < n
+    scores[rows[valid], np.asarray(excluded)[valid]] = bad
+    order = np.argsort(-scores if largest else scores, axis=1, kind="stable")
+    return order[:, :m].astype(np.int64)
+
+
+def clamp_group_size(m: int, n_agents: int) -> int:
+    """The follow-up group size: ``m``, but never more than the ``n - 1`` candidates (the released code fails)."""
+    return max(0, min(int(m), n_agents - 1))
+
+
+def kl_followup(
+    agent: torch.nn.Module,
+    inputs: torch.Tensor,
+    hidden: torch.Tensor,
+    mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    attack_actions: torch.Tensor,
+    initial: torch.Tensor,
+    lr: float,
+    eps: float = ADAM_EPS,
+) -> torch.Tensor:
+    """KL scores ``[B, n]`` of every agent after one Adam step of a copy of ``agent`` (one copy per row).
+
+    Args:
+        agent: the shared agent network, ``agent(x [N, in], h [N, H]) -> (q [N, A], h)``.
+        inputs: agent inputs ``[B, n, in]`` of this step; ``hidden``: ``[B, n, H]``.
+        mix: ``mix(chosen_q [B', n], states [B', S]) -> [B']`` (the mixer; not trained here).
+        states: ``[B, S]``; ``actions``: the intended joint action ``[B, n]``; ``attack_actions``: ``[B, n]``.
+        initial: the initial agent per row ``[B]``.
+        lr: the Adam learning rate (WALL: the RL ``lr`` 5e-4).
+    """
+    params = {k: v.detach() for k, v in agent.named_parameters()}
+    b, n, _ = inputs.shape
+
+    def q_of(p, x, h):
+        q, _ = functional_call(agent, p, (x.reshape(n, -1), h.reshape(n, -1)))
+        return q  # [n, A]
+
+    def loss(p, x, h, s, a, a_att, i):
+        q = q_of(p, x, h)
+        normal = mix(q.gather(1, a.view(n, 1)).view(1, n), s.view(1, -1)).detach()
+        attacked_a = a.clone()
+        attacked_a[i] = a_att[i]
+        attacked = mix(q.gather(1, attacked_a.view(n, 1)).view(1, n), s.view(1, -1))
+        return ((attacked - normal) ** 2).mean()
+
+    with torch.enable_grad():
+        scores = []
+        for row in range(b):  # a copy per sub-env (rows are few: the envs of one runner)
+            x, h = inputs[row], hidden[row]
+            g = grad(loss)(params, x, h, states[row], actions[row].long(), attack_actions[row].long(), int(initial[row]))
+            updated = one_step_adam(params, g, lr, eps)
+            with torch.no_grad():
+                scores.append(kl_scores(q_of(params, x, h), q_of(updated, x, h)))
+    return torch.stack(scores)
+
+
+def l2_scores(obs: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of every agent's observation to the initial agent's: ``[B, n, d], [B] -> [B, n]``."""
+    obs = np.asarray(obs, dtype=np.float64)
+    ref = obs[np.arange(obs.shape[0]), np.minimum(initial, obs.shape[1] - 1)]
+    return ((obs - ref[:, None]) ** 2).sum(-1)
