@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from marlx.attacks.base import ATTACKED, Attack, AttackContext, register_attack
+from marlx.attacks.base import Attack, AttackContext, register_attack
 from marlx.attacks.followup import clamp_group_size, kl_followup, l2_scores, top_m
-from marlx.attacks.options import check_budget, check_prob, merge_options, require
+from marlx.attacks.options import ATTACKED, check_budget, check_prob, merge_options, require
 from marlx.attacks.planner import draw_start, history_window
 from marlx.attacks.transformers import ATTACK_PERIOD, INPUT_LEN
 from marlx.errors import MarlxError

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from marlx.attacks.base import ATTACKED, AttackContext, make_attack
+from marlx.attacks.base import AttackContext, make_attack
+from marlx.attacks.options import ATTACKED
 from marlx.attacks.random import ATTACK_COUNT, RandomAttack
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from marlx.attacks.base import ATTACKED, make_attack
+from marlx.attacks.base import make_attack
+from marlx.attacks.options import ATTACKED
 from marlx.attacks.planner import history_window, start_probabilities, window_cut
 from marlx.attacks.wolfpack import (ATTACK_COUNT, ATTACK_FLAG, ATTACKER_ACTIONS, FOLLOWUP_AGENTS, INITIAL_AGENT,
                                     WolfpackAttack)
