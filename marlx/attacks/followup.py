@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
 #: Adam's epsilon (PyTorch default), the only Adam constant a single step depends on
 ADAM_EPS = 1e-8
@@ -84,29 +84,31 @@ def kl_followup(
         initial: the initial agent per row ``[B]``.
         lr: the Adam learning rate (WALL: the RL ``lr`` 5e-4).
     """
-    params = {k: v.detach() for k, v in agent.named_parameters()}
+    names = [k for k, _ in agent.named_parameters()]
     b, n, _ = inputs.shape
 
     def q_of(p, x, h):
         q, _ = functional_call(agent, p, (x.reshape(n, -1), h.reshape(n, -1)))
         return q  # [n, A]
 
-    def loss(p, x, h, s, a, a_att, i):
-        q = q_of(p, x, h)
-        normal = mix(q.gather(1, a.view(n, 1)).view(1, n), s.view(1, -1)).detach()
-        attacked_a = a.clone()
-        attacked_a[i] = a_att[i]
-        attacked = mix(q.gather(1, attacked_a.view(n, 1)).view(1, n), s.view(1, -1))
-        return ((attacked - normal) ** 2).mean()
-
+    scores = []
     with torch.enable_grad():
-        scores = []
-        for row in range(b):  # a copy per sub-env (rows are few: the envs of one runner)
-            x, h = inputs[row], hidden[row]
-            g = grad(loss)(params, x, h, states[row], actions[row].long(), attack_actions[row].long(), int(initial[row]))
-            updated = one_step_adam(params, g, lr, eps)
+        for row in range(b):  # one copy per sub-env (rows are few: the envs of one runner)
+            # leaf copies of the weights: plain autograd (torch.func.grad costs seconds on its first call)
+            params = {k: v.detach().clone().requires_grad_(True) for k, v in agent.named_parameters()}
+            x, h, s = inputs[row], hidden[row], states[row].view(1, -1)
+            a = actions[row].long().view(n, 1)
+            a_attacked = a.clone()
+            a_attacked[int(initial[row])] = attack_actions[row, int(initial[row])].long()
+            q = q_of(params, x, h)
+            normal = mix(q.gather(1, a).view(1, n), s).detach()
+            attacked = mix(q.gather(1, a_attacked).view(1, n), s)
+            grads = torch.autograd.grad(((attacked - normal) ** 2).mean(), [params[k] for k in names],
+                                        allow_unused=True)
+            grads = {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
             with torch.no_grad():
-                scores.append(kl_scores(q_of(params, x, h), q_of(updated, x, h)))
+                updated = one_step_adam(params, grads, lr, eps)
+                scores.append(kl_scores(q.detach(), q_of(updated, x, h)))
     return torch.stack(scores)
 
 
