@@ -1,0 +1,122 @@
+"""WALL (Lee, Hwang, Jo, Han, ICML 2025): QMIX trained against the Wolfpack adversarial attack.
+
+``run: WALL`` in YAML; the config inherits QMIX's. Every training episode is attacked by Wolfpack with the
+training budget (``num_attack_train`` 12 steps, QMIX preset); evaluation episodes by default with the test budget
+(``num_attack_test`` 8). The victim acts greedily: the released code forces ε = 0 in attacked episodes
+(``components/action_selectors.py:75``), so WALL's ε schedule defaults to 0 → 0. Intended and executed actions are
+both stored; the TD loss uses the intended ones over the attack-induced transitions. The Q-difference and planning
+transformers train every update (:class:`~marlx.algorithms.wall.learner.WALLLearner`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from marlx.algorithms.qmix.qmix import QMIX, QMIXConfig
+from marlx.algorithms.wall.learner import WALLLearner
+from marlx.algorithms.wall.module import WALL_MODEL_DEFAULTS, WALLRLModule
+
+#: budgets of the released presets: (train, test) attacked steps per episode (spec §12, §0 #2)
+BUDGET_PRESETS = {"qmix": (12, 8), "vdn": (16, 12)}
+
+_WALL_OPTIONS = (
+    "num_attack_train", "num_attack_test", "attack_duration", "temperature", "num_followup_agents",
+    "init_agent_random", "followup_l2", "init_attack_step_method", "wall_planning_lr", "wall_qdiff_lr",
+    "wall_faithful", "restore_from", "evaluation_attack", *WALL_MODEL_DEFAULTS,
+)
+
+
+class WALLConfig(QMIXConfig):
+    """QMIX's config plus WALL's (defaults: ``config/algs/wall_qmix.yaml`` of the released code)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or WALL)
+        # the victim is greedy in every (attacked) training episode: ε forced to 0 as released
+        #: ε at env step 0 (WALL: 0; the released yaml's ε keys have no effect)
+        self.epsilon_start = 0.0
+        #: ε after annealing (WALL: 0)
+        self.epsilon_finish = 0.0
+        #: attacked steps per training episode (``num_attack_train``; QMIX 12, VDN preset 16)
+        self.num_attack_train: int = 12
+        #: attacked steps per attacked evaluation episode (``num_attack_test``; QMIX 8, VDN preset 12)
+        self.num_attack_test: int = 8
+        #: follow-up steps t_WP after an initial attack (``attack_duration``)
+        self.attack_duration: int = 3
+        #: softmax temperature of the start draw (``temperature``)
+        self.temperature: float = 0.5
+        #: follow-up group size m (``num_followup_agents``)
+        self.num_followup_agents: int = 2
+        #: initial agent uniformly at random (``init_agent_random``)
+        self.init_agent_random: bool = True
+        #: follow-ups by nearest observations (``followup_l2``)
+        self.followup_l2: bool = False
+        #: "planner" or "random" (``init_attack_step_method``)
+        self.init_attack_step_method: str = "planner"
+        #: Adam lr of the planning transformer (``lr``, ``q_learner.py:43``)
+        self.wall_planning_lr: float = 5e-4
+        #: Adam lr of the Q-difference transformer (``lr``, ``q_learner.py:46``)
+        self.wall_qdiff_lr: float = 5e-4
+        #: reproduce the released quirks (spec §13): planner time steps t..t+19, follow-up Q from h_t, stored h_t
+        #: in the learner, target mixer NOT restored from ``restore_from``
+        self.wall_faithful: bool = False
+        #: a natural (QMIX) checkpoint to start from: agent, mixer and their targets (the released code, and
+        #: ``wall_faithful``, leave the target mixer random until the first hard update); None = from scratch
+        self.restore_from: str | None = None
+        #: evaluation attack: "wolfpack" (test budget), "random", "none"
+        self.evaluation_attack: str = "wolfpack"
+        for key, value in WALL_MODEL_DEFAULTS.items():
+            setattr(self, key, value)
+
+    def training(self, **kwargs) -> "WALLConfig":
+        wall = {k: kwargs.pop(k) for k in list(kwargs) if k in _WALL_OPTIONS}
+        super().training(**kwargs)
+        for key, value in wall.items():
+            setattr(self, key, value)
+        return self
+
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        # Private AlgorithmConfig hook (Ray 2.60), the one QMIXConfig extends: config -> model_config.
+        return super()._model_config_auto_includes | {k: getattr(self, k) for k in WALL_MODEL_DEFAULTS} | {
+            "mixer_on_runners": True
+        }
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        return RLModuleSpec(module_class=WALLRLModule)
+
+    def get_default_learner_class(self):
+        return WALLLearner
+
+    def wolfpack_options(self, budget: int) -> dict:
+        """The ``attack`` entry of the runner config for a Wolfpack attack with ``budget`` steps."""
+        return {
+            "name": "wolfpack", "budget": int(budget), "attack_duration": self.attack_duration,
+            "temperature": self.temperature, "attack_period": self.attack_period,
+            "input_len": self.trans_input_len, "num_followup_agents": self.num_followup_agents,
+            "init_agent_random": self.init_agent_random, "followup_l2": self.followup_l2,
+            "schedule": self.init_attack_step_method, "followup_lr": self.lr, "wall_faithful": self.wall_faithful,
+        }
+
+    def validate(self) -> None:
+        super().validate()
+        errors = []
+        if self.init_attack_step_method not in ("planner", "random"):
+            errors.append(f"init_attack_step_method must be 'planner' or 'random', got {self.init_attack_step_method!r}")
+        if self.num_attack_train < 0 or self.num_attack_test < 0:
+            errors.append("num_attack_train and num_attack_test must be >= 0")
+        if self.attack_period > self.trans_input_len:
+            errors.append("attack_period must not exceed trans_input_len")
+        if self.evaluation_attack not in ("wolfpack", "random", "none"):
+            errors.append(f"evaluation_attack must be 'wolfpack', 'random' or 'none', got {self.evaluation_attack!r}")
+        if errors:
+            raise ValueError("invalid WALL config: " + "; ".join(errors))
+
+
+class WALL(QMIX):
+    """QMIX trained under the Wolfpack attack (see the module docstring)."""
+
+    @classmethod
+    def get_default_config(cls) -> WALLConfig:
+        return WALLConfig(cls)
