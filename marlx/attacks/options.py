@@ -30,8 +30,3 @@ def check_budget(name: str, value: Any, key: str = "budget") -> None:
 def check_prob(name: str, key: str, value: Any) -> None:
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0, name, key,
             "a probability in [0, 1]", value)
-
-try:  # the runtime's column name (issue 12); the same string until marlx.runtime lands
-    from marlx.runtime.columns import ATTACKED
-except ImportError:  # pragma: no cover
-    ATTACKED = "attacked"

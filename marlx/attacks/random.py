@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from marlx.attacks.base import Attack, AttackContext, register_attack
-from marlx.attacks.options import ATTACKED, check_budget, check_prob, merge_options, require
+from marlx.runtime.columns import ATTACKED
+from marlx.attacks.options import check_budget, check_prob, merge_options, require
 
 ATTACK_COUNT = "attack_count"
 

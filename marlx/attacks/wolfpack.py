@@ -30,7 +30,8 @@ import torch
 
 from marlx.attacks.base import Attack, AttackContext, register_attack
 from marlx.attacks.followup import clamp_group_size, kl_followup, l2_scores, top_m
-from marlx.attacks.options import ATTACKED, check_budget, check_prob, merge_options, require
+from marlx.runtime.columns import ATTACKED
+from marlx.attacks.options import check_budget, check_prob, merge_options, require
 from marlx.attacks.planner import draw_start, history_window
 from marlx.attacks.transformers import ATTACK_PERIOD, INPUT_LEN
 from marlx.errors import MarlxError

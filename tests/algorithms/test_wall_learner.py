@@ -8,9 +8,9 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 
-from marlx.algorithms.qmix.replay import MASK
+from marlx.runtime.columns import EXECUTED_ACTIONS, MASK
 from marlx.algorithms.wall import WALLConfig
-from marlx.algorithms.wall.learner import EXECUTED_ACTIONS
+from marlx.runtime.columns import EXECUTED_ACTIONS
 from marlx.attacks.wolfpack import ATTACKER_ACTIONS, FOLLOWUP_AGENTS, INITIAL_AGENT
 from marlx.envs.registry import make_env
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from marlx.attacks.base import AttackContext, make_attack
-from marlx.attacks.options import ATTACKED
+from marlx.runtime.columns import ATTACKED
 from marlx.attacks.random import ATTACK_COUNT, RandomAttack
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from marlx.attacks.base import make_attack
-from marlx.attacks.options import ATTACKED
+from marlx.runtime.columns import ATTACKED
 from marlx.attacks.planner import history_window, start_probabilities, window_cut
 from marlx.attacks.wolfpack import (ATTACK_COUNT, ATTACK_FLAG, ATTACKER_ACTIONS, FOLLOWUP_AGENTS, INITIAL_AGENT,
                                     WolfpackAttack)

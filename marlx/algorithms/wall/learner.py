@@ -23,13 +23,12 @@ from ray.rllib.core.columns import Columns
 from torch.nn import functional as F
 
 from marlx.algorithms.qmix.learner import QMIXLearner
-from marlx.algorithms.qmix.replay import MASK
+from marlx.runtime.columns import EXECUTED_ACTIONS, MASK
 from marlx.algorithms.wall.module import WALL_HIDDEN
 from marlx.attacks.labels import attacked_values, left_padded_windows, normal_sums, pick_windows, planning_loss, qdiff_loss
 from marlx.attacks.wolfpack import ATTACKER_ACTIONS, FOLLOWUP_AGENTS, HIDDEN_STATES, INITIAL_AGENT
 from marlx.modules.qmix_module import Q_VALUES
 
-EXECUTED_ACTIONS = "executed_actions"
 _BIG = 9999999.0
 
 
