@@ -10,11 +10,23 @@ transformers train every update (:class:`~marlx.algorithms.wall.learner.WALLLear
 
 from __future__ import annotations
 
+import os
+import pickle
 from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from marlx.algorithms.qmix.qmix import QMIX, QMIXConfig
+from marlx.attacks.evaluation import natural_and_attacked
+from marlx.attacks.wolfpack import ATTACKER_ACTIONS, FOLLOWUP_AGENTS, HIDDEN_STATES, INITIAL_AGENT
+from marlx.callbacks import SUCCESS_METRIC
+from marlx.errors import NotACheckpointError
+from marlx.runtime.columns import EXECUTED_ACTIONS
+from marlx.runtime.replay import TeamEpisodeReplay
 from marlx.algorithms.wall.learner import WALLLearner
 from marlx.algorithms.wall.module import WALL_MODEL_DEFAULTS, WALLRLModule
 
@@ -68,6 +80,30 @@ class WALLConfig(QMIXConfig):
         self.evaluation_attack: str = "wolfpack"
         for key, value in WALL_MODEL_DEFAULTS.items():
             setattr(self, key, value)
+        #: "auto": the ``attack`` entry follows the WALL options above (see :attr:`attack`); anything else
+        #: (None, or an ``{name: ..., ...}`` dict) is used as given
+        self._attack_setting = "auto"
+
+    @property
+    def attack(self):
+        """The runner's attack: Wolfpack with the training budget, in evaluation with the test budget.
+
+        Set it (``training(attack=...)``, ``evaluation_config: {attack: ...}``) to override.
+        """
+        setting = getattr(self, "_attack_setting", None)
+        if setting != "auto":
+            return setting
+        if not getattr(self, "in_evaluation", False):
+            return self.wolfpack_options(self.num_attack_train)
+        if self.evaluation_attack == "wolfpack":
+            return self.wolfpack_options(self.num_attack_test)
+        if self.evaluation_attack == "random":
+            return {"name": "random", "budget": int(self.num_attack_test)}
+        return None
+
+    @attack.setter
+    def attack(self, value) -> None:
+        self._attack_setting = value
 
     def training(self, **kwargs) -> "WALLConfig":
         wall = {k: kwargs.pop(k) for k in list(kwargs) if k in _WALL_OPTIONS}
@@ -115,8 +151,74 @@ class WALLConfig(QMIXConfig):
 
 
 class WALL(QMIX):
-    """QMIX trained under the Wolfpack attack (see the module docstring)."""
+    """QMIX trained under the Wolfpack attack (see the module docstring).
+
+    Evaluation reports the attacked test episodes under RLlib's usual ``evaluation/env_runners/*`` keys and the
+    same number of natural (unattacked) episodes under ``evaluation/natural/*``.
+    """
 
     @classmethod
     def get_default_config(cls) -> WALLConfig:
         return WALLConfig(cls)
+
+    def setup(self, config: WALLConfig) -> None:
+        super().setup(config)
+        if config.restore_from:
+            loaded = self.restore_natural(config.restore_from, with_target_mixer=not config.wall_faithful)
+            self.metrics.log_value("wall_restored_tensors", loaded, window=1)
+
+    def restore_natural(self, path: str, with_target_mixer: bool = True) -> int:
+        """Load agent, mixer and target agent (and target mixer) from a QMIX/VDN/WALL checkpoint; sync runners.
+
+        The released code restores agent, target agent, mixer and the RMSprop state but not the target mixer
+        (``q_learner.py:420-425``); ``with_target_mixer=False`` does the same (the optimiser state is not loaded).
+        """
+        from marlx.cli.evaluate import find_checkpoint
+
+        ckpt = find_checkpoint(path)
+        state_file = os.path.join(ckpt, "learner_group", "learner", "rl_module", DEFAULT_POLICY_ID, "module_state.pkl")
+        if not os.path.isfile(state_file):
+            raise NotACheckpointError(f"{ckpt} holds no learner module state ({state_file}); restore_from needs a "
+                                      "QMIX, VDN or WALL checkpoint")
+        with open(state_file, "rb") as f:
+            state = pickle.load(f)
+        prefixes = ("agent.", "mixer.", "target_agent.") + (("target_mixer.",) if with_target_mixer else ())
+        wanted = {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+        def load(learner):
+            module = learner.module[DEFAULT_POLICY_ID].unwrapped()
+            own = module.state_dict()
+            bad = [k for k, v in wanted.items() if k not in own or tuple(own[k].shape) != tuple(np.shape(v))]
+            if bad:
+                raise NotACheckpointError(f"{ckpt} does not fit this WALL model (e.g. {bad[0]}); train the natural "
+                                          "checkpoint with the same env and network sizes")
+            with torch.no_grad():
+                for k, v in wanted.items():
+                    own[k].copy_(torch.as_tensor(np.asarray(v)))
+            return len(wanted)
+
+        results = [r.get() for r in self.learner_group.foreach_learner(load)]
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        return int(results[0]) if results else 0
+
+    def make_replay(self, config: WALLConfig) -> TeamEpisodeReplay:
+        columns = [EXECUTED_ACTIONS, ATTACKER_ACTIONS, INITIAL_AGENT, FOLLOWUP_AGENTS]
+        if config.wall_faithful:
+            columns.append(HIDDEN_STATES)
+        if config.attack is None:
+            columns = []
+        return TeamEpisodeReplay(config.buffer_size, config.replay_obs_dtype, seed=config.seed,
+                                 extra_columns=columns)
+
+    def evaluate(self, *args, **kwargs):
+        results = super().evaluate(*args, **kwargs)
+        group = getattr(self, "eval_env_runner_group", None)
+        if group is not None and self.config.get_evaluation_config_object().attack is not None:
+            cfg = self.config
+            n = int(cfg.evaluation_duration) if cfg.evaluation_duration_unit == "episodes" else 32
+            natural = natural_and_attacked(group, n, which=("natural",))["natural"]
+            results["natural"] = {
+                "episode_return_mean": natural["return_mean"], "episode_len_mean": natural["length_mean"],
+                SUCCESS_METRIC: natural["success_rate"], "num_episodes": natural["episodes"],
+            }
+        return results
