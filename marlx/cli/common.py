@@ -71,6 +71,11 @@ def add_evaluate_args(p: argparse.ArgumentParser, algo_flags: tuple[str, ...] = 
     p.add_argument(*algo_flags, dest="algo", default=None, help="expected algorithm (checked against the checkpoint)")
     p.add_argument("--address", default=None)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--attack", default="none",
+                   help="also play as many episodes under an attack: none (default), random (ROMANCE's), wolfpack")
+    p.add_argument("--budget", type=int, default=None,
+                   help="attacked time steps per episode (default: wolfpack 8, random 6)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the envs and the attack (default: the run's)")
 
 
 def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
@@ -86,7 +91,8 @@ def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json)
+    return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json,
+                              attack=args.attack, budget=args.budget, seed=args.seed)
 
 
 def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None) -> int:
@@ -104,19 +110,30 @@ def train_experiments(data: dict, source: str, resume: bool, address: str | None
     return 0
 
 
-def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address: str | None, as_json: bool) -> int:
-    from marlx.cli.evaluate import evaluate_checkpoint, find_checkpoint
+def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address: str | None, as_json: bool,
+                       attack: str | None = None, budget: int | None = None, seed: int | None = None) -> int:
+    from marlx.cli.evaluate import attack_spec, checkpoint_algorithm, evaluate_checkpoint, find_checkpoint
     from marlx.cli.runner import init_ray
 
     from marlx.errors import MarlxError
 
     if episodes < 1:
         raise MarlxError(f"--episodes must be >= 1, got {episodes}")
-    find_checkpoint(checkpoint)  # fail on a bad path before Ray starts
+    found = find_checkpoint(checkpoint)  # fail on a bad path, attack or budget before Ray starts
+    attack_spec(attack, budget, checkpoint_algorithm(found)[0])
     init_ray(address)
-    res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo)
+    res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed)
     if as_json:
         print(json.dumps(res))
+    elif "attacked" in res:
+        nat, att = res["natural"], res["attacked"]
+        print(f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes each, attack "
+              f"{res['attack']['name']} (budget {res['budget']} steps)\n"
+              f"  {'':9} {'return':>8} {'success':>8} {'length':>7} {'attacked steps (mean/max)':>26}\n"
+              f"  {'natural':9} {nat['return_mean']:8.3f} {nat['success_rate']:8.2f} {nat['length_mean']:7.1f}\n"
+              f"  {'attacked':9} {att['return_mean']:8.3f} {att['success_rate']:8.2f} {att['length_mean']:7.1f} "
+              f"{att['attacked_steps_mean']:19.2f}/{att['attacked_steps_max']}\n"
+              f"  hits per agent and episode: {att['hits_per_agent']}\n  checkpoint: {res['checkpoint']}")
     else:
         print(
             f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes | return {res['return_mean']:.3f} "

@@ -45,12 +45,50 @@ def checkpoint_algorithm(path: str) -> tuple[type, dict]:
     return cls, config
 
 
-def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, explore: bool = False) -> dict:
+ATTACK_CHOICES = ("none", "random", "wolfpack")
+
+
+def attack_spec(attack: str | None, budget: int | None, cls: type) -> dict | None:
+    """The runner's ``attack`` entry for ``--attack NAME [--budget K]`` on a checkpoint of ``cls``.
+
+    Wolfpack times its attacks with a Q-difference transformer that only WALL checkpoints carry; on any other
+    value-based checkpoint it starts attacks with the released "random" schedule (10% per ready step) instead.
+    """
+    from marlx.errors import MarlxError, UnknownNameError
+
+    if attack is None or attack == "none":
+        return None
+    if attack not in ATTACK_CHOICES:
+        raise UnknownNameError("attack", attack, ATTACK_CHOICES)
+    if budget is not None and budget < 0:
+        raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {budget}")
+    spec: dict = {"name": attack}
+    if budget is not None:
+        spec["budget"] = int(budget)
+    if attack == "wolfpack":
+        from marlx.algorithms.qmix import QMIX
+
+        if not issubclass(cls, QMIX):
+            raise MarlxError(f"the wolfpack attack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL "
+                             f"checkpoints); {cls.__name__} has none: use --attack random")
+        from marlx.algorithms.wall import WALL
+
+        if not issubclass(cls, WALL):
+            spec["schedule"] = "random"
+    return spec
+
+
+def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, explore: bool = False,
+                        attack: str | None = None, budget: int | None = None, seed: int | None = None) -> dict:
     """Run ``episodes`` greedy episodes of the policy in a checkpoint on its training env, locally.
 
-    Returns ``{"checkpoint", "algorithm", "env", "episodes", "return_mean", "success_rate", "length_mean"}``.
+    Returns ``{"checkpoint", "algorithm", "env", "episodes", "return_mean", "success_rate", "length_mean"}``
+    (natural episodes). With ``attack`` ("random" or "wolfpack"; ``budget`` attacked steps per episode, default
+    the attack's), the same number of attacked episodes is played too, and the result also holds
+    ``"attack"`` (the attack's options), ``"budget"``, ``"natural"`` and ``"attacked"``, each
+    ``{"return_mean", "success_rate", "length_mean", "attacked_steps_mean", "attacked_steps_max", "hits_per_agent"}``.
     """
-    from marlx.callbacks import SUCCESS_METRIC
+    from marlx.attacks.evaluation import natural_and_attacked
 
     path = find_checkpoint(path)
     cls, config_dict = checkpoint_algorithm(path)
@@ -62,28 +100,55 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
             raise NotACheckpointError(
                 f"{path} was written by {cls.__name__}, not {wanted.__name__}; pass --algo {cls.__name__} or another checkpoint"
             )
+    spec = attack_spec(attack, budget, cls)
     config = cls.get_default_config()
     if isinstance(config_dict, dict):
         config.update_from_dict(config_dict)
     else:
         config = config_dict.copy(copy_frozen=False)
+    if spec is not None and not hasattr(config, "attack"):
+        from marlx.errors import MarlxError
+
+        raise MarlxError(f"{cls.__name__} does not run on marlx's team runner, so it cannot be attacked")
+    if spec is not None and spec["name"] == "wolfpack":
+        # the follow-up selection differentiates through the mixer: keep it on the env runner
+        config.rl_module(model_config={**(config._model_config or {}), "mixer_on_runners": True})
+    if seed is not None:
+        config.debugging(seed=int(seed))
     config.env_runners(num_env_runners=0)
     config.learners(num_learners=0, num_gpus_per_learner=0)
+    eval_config = {"explore": explore, "num_envs_per_env_runner": 1}
+    if hasattr(config, "attack"):
+        eval_config["attack"] = spec
+        config.attack = None  # the training runner plays nothing here
     config.evaluation(
         evaluation_interval=1,
         evaluation_num_env_runners=0,
         evaluation_duration=int(episodes),
         evaluation_duration_unit="episodes",
-        evaluation_config={"explore": explore, "num_envs_per_env_runner": 1},
+        evaluation_config=eval_config,
     )
     algorithm = config.build_algo()
     try:
         algorithm.restore_from_path(path)
-        result = algorithm.evaluate()
+        if hasattr(config, "attack"):
+            # the module weights (the mixer too, for wolfpack) go to the evaluation runner as RLlib's evaluate does
+            algorithm.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algorithm.learner_group,
+                                                         inference_only=True)
+            which = ("natural", "attacked") if spec is not None else ("natural",)
+            res = natural_and_attacked(algorithm.eval_env_runner_group, int(episodes), which=which)
+            nat = res["natural"]
+            er = {"num_episodes": nat["episodes"], "episode_return_mean": nat["return_mean"],
+                  "success_rate": nat["success_rate"], "episode_len_mean": nat["length_mean"]}
+        else:
+            res = None
+            result = algorithm.evaluate()
+            er = result.get("env_runners", result)
     finally:
         algorithm.stop()
-    er = result.get("env_runners", result)
-    return {
+    from marlx.callbacks import SUCCESS_METRIC
+
+    out = {
         "checkpoint": path,
         "algorithm": cls.__name__,
         "env": config.env if isinstance(config.env, str) else str(config.env),
@@ -92,3 +157,16 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
         "success_rate": float(er.get(SUCCESS_METRIC, float("nan"))),
         "length_mean": float(er.get("episode_len_mean", float("nan"))),
     }
+    if spec is not None:
+        from marlx.attacks.base import get_attack_class
+
+        attack_cls = get_attack_class(spec["name"])
+        options = attack_cls({k: v for k, v in spec.items() if k != "name"}, 1, 1, 1).opts \
+            if spec["name"] in ("random", "wolfpack") else spec
+        out["attack"] = {"name": spec["name"], **{k: options[k] for k in ("budget", "schedule") if k in options}}
+        out["budget"] = int(options["budget"])
+        keys = ("return_mean", "success_rate", "length_mean", "attacked_steps_mean", "attacked_steps_max",
+                "hits_per_agent")
+        out["natural"] = {k: res["natural"][k] for k in keys[:3]}
+        out["attacked"] = {k: res["attacked"][k] for k in keys}
+    return out

@@ -36,7 +36,7 @@ BUDGET_PRESETS = {"qmix": (12, 8), "vdn": (16, 12)}
 _WALL_OPTIONS = (
     "num_attack_train", "num_attack_test", "attack_duration", "temperature", "num_followup_agents",
     "init_agent_random", "followup_l2", "init_attack_step_method", "wall_planning_lr", "wall_qdiff_lr",
-    "wall_faithful", "restore_from", "evaluation_attack", *WALL_MODEL_DEFAULTS,
+    "wall_faithful", "restore_from", "test_attack", *WALL_MODEL_DEFAULTS,
 )
 
 
@@ -77,7 +77,7 @@ class WALLConfig(QMIXConfig):
         #: ``wall_faithful``, leave the target mixer random until the first hard update); None = from scratch
         self.restore_from: str | None = None
         #: evaluation attack: "wolfpack" (test budget), "random", "none"
-        self.evaluation_attack: str = "wolfpack"
+        self.test_attack: str = "wolfpack"
         for key, value in WALL_MODEL_DEFAULTS.items():
             setattr(self, key, value)
         #: "auto": the ``attack`` entry follows the WALL options above (see :attr:`attack`); anything else
@@ -95,9 +95,9 @@ class WALLConfig(QMIXConfig):
             return setting
         if not getattr(self, "in_evaluation", False):
             return self.wolfpack_options(self.num_attack_train)
-        if self.evaluation_attack == "wolfpack":
+        if self.test_attack == "wolfpack":
             return self.wolfpack_options(self.num_attack_test)
-        if self.evaluation_attack == "random":
+        if self.test_attack == "random":
             return {"name": "random", "budget": int(self.num_attack_test)}
         return None
 
@@ -144,8 +144,8 @@ class WALLConfig(QMIXConfig):
             errors.append("num_attack_train and num_attack_test must be >= 0")
         if self.attack_period > self.trans_input_len:
             errors.append("attack_period must not exceed trans_input_len")
-        if self.evaluation_attack not in ("wolfpack", "random", "none"):
-            errors.append(f"evaluation_attack must be 'wolfpack', 'random' or 'none', got {self.evaluation_attack!r}")
+        if self.test_attack not in ("wolfpack", "random", "none"):
+            errors.append(f"test_attack must be 'wolfpack', 'random' or 'none', got {self.test_attack!r}")
         if errors:
             raise ValueError("invalid WALL config: " + "; ".join(errors))
 
