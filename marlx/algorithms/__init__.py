@@ -21,6 +21,7 @@ ALGORITHMS: dict[str, str] = {
     "QMIX": "marlx.algorithms.qmix:QMIX",
     "VDN": "marlx.algorithms.qmix:VDN",
     "FoX": "marlx.algorithms.fox:FoX",
+    "WALL": "marlx.algorithms.wall:WALL",
 }
 
 
