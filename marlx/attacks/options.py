@@ -13,13 +13,13 @@ def merge_options(name: str, options: dict | None, defaults: dict[str, Any]) -> 
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=2, cutoff=0.6)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"attack {name!r} has no option {key!r}{hint} Valid options: {', '.join(sorted(defaults))}")
+            raise ValueError(f"no option {key!r}{hint} Valid options of {name}: {', '.join(sorted(defaults))}")
     return {**defaults, **options}
 
 
 def require(cond: bool, name: str, key: str, what: str, value: Any) -> None:
     if not cond:
-        raise ValueError(f"attack {name!r} option {key!r} must be {what}, got {value!r}")
+        raise ValueError(f"option {key!r} must be {what}, got {value!r}")
 
 
 def check_budget(name: str, value: Any, key: str = "budget") -> None:

@@ -38,7 +38,8 @@ def test_registered_and_paper_defaults():
 
 def test_training_episodes_are_attacked_greedily_within_budget(ray_session):
     # random start with probability 1: the attack starts at step 0, so the budget of 4 steps is spent exactly
-    cfg = small(attack={"name": "wolfpack", "budget": 4, "schedule": "random", "random_start_prob": 1.0})
+    cfg = small(attack={"name": "wolfpack", "budget": 4, "schedule": "random", "random_start_prob": 1.0},
+                keep_outputs=[Q_VALUES])  # keep the Q values in the episodes to check ε = 0
     algo = cfg.build_algo()
     try:
         for _ in range(3):

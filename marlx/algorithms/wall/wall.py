@@ -136,7 +136,6 @@ class WALLConfig(QMIXConfig):
         }
 
     def validate(self) -> None:
-        super().validate()
         errors = []
         if self.init_attack_step_method not in ("planner", "random"):
             errors.append(f"init_attack_step_method must be 'planner' or 'random', got {self.init_attack_step_method!r}")
@@ -146,8 +145,9 @@ class WALLConfig(QMIXConfig):
             errors.append("attack_period must not exceed trans_input_len")
         if self.test_attack not in ("wolfpack", "random", "none"):
             errors.append(f"test_attack must be 'wolfpack', 'random' or 'none', got {self.test_attack!r}")
-        if errors:
+        if errors:  # before QMIX's checks, which would report the derived attack entry instead
             raise ValueError("invalid WALL config: " + "; ".join(errors))
+        super().validate()
 
 
 class WALL(QMIX):
