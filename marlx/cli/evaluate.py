@@ -45,6 +45,25 @@ def checkpoint_algorithm(path: str) -> tuple[type, dict]:
     return cls, config
 
 
+def checkpoint_config(path: str, algo: str | None = None):
+    """``(Algorithm class, AlgorithmConfig)`` of a checkpoint folder; ``algo`` is the algorithm the user expects."""
+    cls, config_dict = checkpoint_algorithm(path)
+    if algo is not None:
+        from marlx.cli.experiment import resolve_algorithm
+
+        wanted = resolve_algorithm(algo)
+        if not issubclass(cls, wanted) and cls.__name__ != wanted.__name__:
+            raise NotACheckpointError(
+                f"{path} was written by {cls.__name__}, not {wanted.__name__}; pass --algo {cls.__name__} or another checkpoint"
+            )
+    config = cls.get_default_config()
+    if isinstance(config_dict, dict):
+        config.update_from_dict(config_dict)
+    else:
+        config = config_dict.copy(copy_frozen=False)
+    return cls, config
+
+
 ATTACK_CHOICES = ("none", "random", "wolfpack")
 
 
@@ -91,21 +110,8 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
     from marlx.attacks.evaluation import natural_and_attacked
 
     path = find_checkpoint(path)
-    cls, config_dict = checkpoint_algorithm(path)
-    if algo is not None:
-        from marlx.cli.experiment import resolve_algorithm
-
-        wanted = resolve_algorithm(algo)
-        if not issubclass(cls, wanted) and cls.__name__ != wanted.__name__:
-            raise NotACheckpointError(
-                f"{path} was written by {cls.__name__}, not {wanted.__name__}; pass --algo {cls.__name__} or another checkpoint"
-            )
+    cls, config = checkpoint_config(path, algo)
     spec = attack_spec(attack, budget, cls)
-    config = cls.get_default_config()
-    if isinstance(config_dict, dict):
-        config.update_from_dict(config_dict)
-    else:
-        config = config_dict.copy(copy_frozen=False)
     if spec is not None and not hasattr(config, "attack"):
         from marlx.errors import MarlxError
 

@@ -41,6 +41,8 @@ class PredatorPreyEnv(TeamEnv):
         episode_limit: time limit (truncation).
     """
 
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
     def __init__(
         self,
         size: int = 8,
@@ -165,3 +167,13 @@ class PredatorPreyEnv(TeamEnv):
 
     def get_positions(self):
         return self.preds.astype(np.float32)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def render_frame(self, attacked=None):
+        """The current grid as an RGB array ``(H, W, 3) uint8``; ``attacked`` [n_agents] rings those agents red."""
+        from marlx.render.grid import predator_prey_frame
+
+        return predator_prey_frame(self, attacked)
+
+    def render(self):
+        return self.render_frame()

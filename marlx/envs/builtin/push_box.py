@@ -47,6 +47,8 @@ class PushBoxEnv(TeamEnv):
         random_start: agents start at random free cells (else in the bottom corners).
     """
 
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
     def __init__(
         self,
         size: int = 6,
@@ -172,3 +174,13 @@ class PushBoxEnv(TeamEnv):
 
     def get_positions(self):
         return self.agents.astype(np.float32)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def render_frame(self, attacked=None):
+        """The current grid as an RGB array ``(H, W, 3) uint8``; ``attacked`` [n_agents] rings those agents red."""
+        from marlx.render.grid import push_box_frame
+
+        return push_box_frame(self, attacked)
+
+    def render(self):
+        return self.render_frame()

@@ -1,0 +1,253 @@
+"""Greedy episodes of a saved checkpoint, stepped here in a small loop and rendered frame by frame.
+
+The player loads the RLModule(s) from the checkpoint's learner component and steps a fresh team env itself: no
+env runner, no Ray. Two kinds of checkpoints:
+
+* team algorithms (QMIX, VDN, FoX, ...; ``marlx_team_algorithm``): one module acting for the whole team,
+  ``module.forward_inference({OBS: {leaf: [1, ...]}, STATE_IN: {k: [1, ...]}})`` -> ``ACTIONS`` (the joint action),
+  the recurrent ``STATE_OUT`` fed back the next step. Modules built for the team runtime take no time axis
+  (``marlx/runtime``'s batch convention); the QMIX module before it takes observation leaves with a time axis of 1.
+  :class:`TeamActor` finds out which on the first step.
+* per-agent RLlib algorithms (PPO, ...) on the env's ``multi_agent`` view: each agent's module, greedy over its
+  action-distribution inputs.
+
+Attacks (the WALL issue) plug in through ``play(..., action_hook=...)``: the hook returns the executed joint action
+and the per-agent ``attacked`` mask, which the frames mark.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from marlx.errors import MarlxError
+
+#: ``(t, team_obs, intended_actions) -> (executed_actions, attacked [n_agents] bool)``: the seam for attacks.
+ActionHook = Callable[[int, dict, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class EpisodeRecord:
+    """What one played episode did."""
+
+    ret: float = 0.0
+    length: int = 0
+    success: bool = False
+    frames: list = field(default_factory=list)
+
+
+def team_forward(module, obs: dict, state_in: dict | None, n_agents: int, time_axis: bool = False):
+    """One greedy step of a team module for one env: ``-> (joint action [n] int64, state_out)``.
+
+    ``time_axis``: give observation leaves as ``[1, 1, ...]`` (the QMIX module before the team runtime) instead
+    of the runtime's ``[1, ...]``.
+    """
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    leaves = {k: torch.as_tensor(np.asarray(v, np.float32))[None] for k, v in obs.items()}
+    if time_axis:
+        leaves = {k: v[:, None] for k, v in leaves.items()}
+    batch = {Columns.OBS: leaves}
+    if state_in is not None:
+        batch[Columns.STATE_IN] = state_in
+    with torch.no_grad():
+        out = module.forward_inference(batch)
+    actions = np.asarray(out[Columns.ACTIONS].detach().cpu(), np.int64).reshape(-1)
+    if actions.shape[0] != n_agents:
+        raise ValueError(f"{type(module).__name__} returned {actions.shape[0]} actions for {n_agents} agents")
+    return actions, out.get(Columns.STATE_OUT, state_in)
+
+
+class TeamActor:
+    """Greedy joint actions of a team module, in whichever batch convention the module takes (found on the
+    first step: the runtime's ``[B, ...]`` first, then ``[B, 1, ...]``)."""
+
+    def __init__(self, module, n_agents: int):
+        self.module, self.n_agents = module, n_agents
+        self.time_axis: bool | None = None
+
+    def __call__(self, obs: dict, state_in):
+        if self.time_axis is not None:
+            return team_forward(self.module, obs, state_in, self.n_agents, self.time_axis)
+        errors = []
+        for time_axis in (False, True):
+            try:
+                out = team_forward(self.module, obs, state_in, self.n_agents, time_axis)
+            except (ValueError, RuntimeError, IndexError) as e:
+                errors.append(f"{'[1, 1, ...]' if time_axis else '[1, ...]'}: {e}")
+                continue
+            self.time_axis = time_axis
+            return out
+        raise MarlxError(f"{type(self.module).__name__}.forward_inference takes neither batch convention ("
+                         + "; ".join(errors) + "); the module and the env of this checkpoint do not match")
+
+
+def _batched_state(module) -> dict | None:
+    if not module.is_stateful():
+        return None
+    import torch
+
+    return {k: torch.as_tensor(v)[None] for k, v in module.get_initial_state().items()}
+
+
+class CheckpointPlayer:
+    """Plays greedy episodes of a checkpoint on a fresh copy of its training env.
+
+    Args:
+        checkpoint: a checkpoint folder (or a run folder: its newest checkpoint).
+        algo: the algorithm the user expects (checked against the checkpoint).
+        render: make the env so that it can render (e.g. MPE's ``render_mode="rgb_array"``).
+        env_config: overrides of the checkpoint's env config.
+    """
+
+    def __init__(self, checkpoint: str, algo: str | None = None, render: bool = True, env_config: dict | None = None):
+        from marlx.cli.evaluate import checkpoint_config, find_checkpoint
+        from marlx.cli.experiment import is_team_algorithm
+        from marlx.envs.registry import VIEW_KEY, is_registered, make_env
+        from marlx.render.families import render_env_config
+
+        self.path = find_checkpoint(checkpoint)
+        self.algo_class, self.config = checkpoint_config(self.path, algo)
+        env = self.config.env
+        if not isinstance(env, str) or not is_registered(env):
+            raise MarlxError(f"{self.path}: its env {env!r} is not a marlx env; videos are made of marlx envs only")
+        self.env_name = env
+        cfg = dict(self.config.env_config or {})
+        view = cfg.pop(VIEW_KEY, "team")
+        cfg.update(env_config or {})
+        if render:
+            cfg.update(render_env_config(env))
+        self.team = make_env(env, **cfg)
+        self.team_algorithm = is_team_algorithm(self.algo_class) or view == "team"
+        self.modules = self._load_modules()
+        if self.team_algorithm:
+            self.module = next(iter(self.modules.values())) if len(self.modules) == 1 else self.modules["default_policy"]
+            self.agent_view = None
+            self.actor = TeamActor(self.module, self.team.n_agents)
+        else:
+            from marlx.envs.convert import TeamToMultiAgentEnv
+
+            self.agent_view = TeamToMultiAgentEnv(self.team)
+            self.agent_modules = [self._module_of(a) for a in self.agent_view.agents]
+
+    def _load_modules(self) -> dict:
+        from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
+        from ray.rllib.core.rl_module.rl_module import RLModule
+
+        path = os.path.join(self.path, "learner_group", "learner", "rl_module")
+        if not os.path.isdir(path):
+            raise MarlxError(f"{self.path} holds no learner module (no learner_group/learner/rl_module); "
+                             "pass a checkpoint written by Algorithm.save_to_path or by marlx train")
+        loaded = RLModule.from_checkpoint(path)
+        modules = dict(loaded.items()) if isinstance(loaded, MultiRLModule) else {"default_policy": loaded}
+        for m in modules.values():
+            m.eval()
+        return modules
+
+    def _module_of(self, agent_id: str):
+        fn = getattr(self.config, "policy_mapping_fn", None)
+        if len(self.modules) == 1 or fn is None:
+            return next(iter(self.modules.values()))
+        try:
+            return self.modules[fn(agent_id, None)]
+        except Exception:  # a mapping fn that needs the episode: fall back to the shared module, if any
+            if "shared" in self.modules:
+                return self.modules["shared"]
+            raise MarlxError(f"cannot tell which module of {sorted(self.modules)} acts for {agent_id}") from None
+
+    def _agent_actions(self, agent_obs: dict) -> np.ndarray:
+        import torch
+        from ray.rllib.core.columns import Columns
+
+        actions = np.zeros(self.team.n_agents, np.int64)
+        for i, a in enumerate(self.agent_view.agents):
+            m = self.agent_modules[i]
+            if m.is_stateful():
+                raise MarlxError("--video plays recurrent per-agent RLlib modules not yet; team algorithms only")
+            o = agent_obs[a]
+            leaf = ({k: torch.as_tensor(np.asarray(v, np.float32))[None] for k, v in o.items()} if isinstance(o, dict)
+                    else torch.as_tensor(np.asarray(o, np.float32))[None])
+            with torch.no_grad():
+                out = m.forward_inference({Columns.OBS: leaf})
+            if Columns.ACTIONS in out:
+                actions[i] = int(np.asarray(out[Columns.ACTIONS]).reshape(-1)[0])
+            else:
+                actions[i] = int(out[Columns.ACTION_DIST_INPUTS].reshape(-1).argmax())
+        return actions
+
+    def play(self, episodes: int = 1, seed: int = 0, render: bool = True, action_hook: ActionHook | None = None,
+             max_steps: int | None = None) -> list[EpisodeRecord]:
+        """Play ``episodes`` greedy episodes (episode ``k`` reset with ``seed + k``); frames when ``render``."""
+        from marlx.render.draw import add_caption
+        from marlx.render.families import frame
+
+        records = []
+        for k in range(episodes):
+            rec = EpisodeRecord()
+            team_obs, _ = self.team.reset(seed=seed + k)
+            agent_obs = self.agent_view._split(team_obs) if self.agent_view is not None else None
+            state_in = _batched_state(self.module) if self.team_algorithm else None
+            head = f"episode {k + 1}/{episodes}"
+            if render:
+                rec.frames.append(add_caption(frame(self.team), [f"{head} | step 0", "return 0.00"]))
+            while True:
+                if self.team_algorithm:
+                    actions, state_in = self.actor(team_obs, state_in)
+                else:
+                    actions = self._agent_actions(agent_obs)
+                attacked = None
+                if action_hook is not None:
+                    actions, attacked = action_hook(rec.length, team_obs, actions)
+                team_obs, reward, terminated, truncated, info = self.team.step(actions)
+                if self.agent_view is not None:
+                    agent_obs = self.agent_view._split(team_obs)
+                rec.ret += float(reward)
+                rec.length += 1
+                done = terminated or truncated or (max_steps is not None and rec.length >= max_steps)
+                if render:
+                    lines = [f"{head} | step {rec.length}", f"reward {reward:+.2f} | return {rec.ret:.2f}"]
+                    if done:
+                        lines[1] += " | " + ("success" if info.get("success") else
+                                             ("terminated" if terminated else "time limit"))
+                    rec.frames.append(add_caption(frame(self.team, attacked, actions=actions), lines, attacked))
+                if done:
+                    rec.success = bool(info.get("success", False))
+                    break
+            records.append(rec)
+        return records
+
+    def close(self) -> None:
+        self.team.close()
+
+
+def record_video(checkpoint: str, path: str, episodes: int = 1, fps: float = 4.0, seed: int = 0,
+                 algo: str | None = None) -> dict:
+    """Play greedy episodes of ``checkpoint`` and write them to ``path`` (.mp4 or .gif) as one video.
+
+    Returns the evaluation summary of :func:`marlx.cli.evaluate.evaluate_checkpoint` plus ``video`` and ``frames``.
+    """
+    from marlx.render.video import check_video_path, write_video
+
+    check_video_path(path)
+    player = CheckpointPlayer(checkpoint, algo=algo, render=True)
+    try:
+        records = player.play(episodes, seed=seed, render=True)
+    finally:
+        player.close()
+    frames = [f for r in records for f in r.frames]
+    write_video(frames, path, fps=fps)
+    return {
+        "checkpoint": player.path,
+        "algorithm": player.algo_class.__name__,
+        "env": player.env_name,
+        "episodes": len(records),
+        "return_mean": float(np.mean([r.ret for r in records])),
+        "success_rate": float(np.mean([r.success for r in records])),
+        "length_mean": float(np.mean([r.length for r in records])),
+        "video": os.path.abspath(path),
+        "frames": len(frames),
+    }
