@@ -3,8 +3,7 @@
 * built-ins (push_box, predator_prey): the env's own ``render_frame(attacked)`` (marlx's grid renderer);
 * MPE and other PettingZoo envs: the wrapped env's ``render()`` in ``render_mode="rgb_array"``
   (:func:`render_env_config` asks for that mode when the env is made);
-* SMAX: JaxMARL's own SMAX drawing (``init_render``, what its ``SMAXVisualizer`` animates) on a headless
-  matplotlib figure;
+* SMAX: JaxMARL's SMAX picture (what its ``SMAXVisualizer`` animates), drawn from the state with Pillow;
 * LBF and RWARE (any wrapper that holds their gymnasium env): their own renderers need a display (pyglet), so
   marlx draws the grid from the env's state;
 * GRF: a 2D pitch from gfootball's raw observation (its own renderer needs an OpenGL display);
@@ -82,50 +81,62 @@ def _family_frame(env, attacked, actions):
                 "(add it to env_config)"
             )
         out = env.env.render()
-        return None if out is None else np.asarray(out, np.uint8)
+        return None if out is None else np.array(out, np.uint8)  # a copy: the env reuses its buffer
     return None
 
 
 # -- SMAX ----------------------------------------------------------------------------------------------
-_SMAX_FIGURES: dict = {}
+def smax_frame(env, attacked=None, actions=None, width: int = 400) -> np.ndarray:
+    """The current SMAX state, drawn the way JaxMARL's ``SMAXVisualizer`` draws it (allies blue, enemies green,
+    unit-type letters, the allies' shots as grey lines) plus health bars.
 
-
-def smax_frame(env, attacked=None, actions=None, size_inches: float = 5.0) -> np.ndarray:
-    """JaxMARL's SMAX drawing of the current state (allies blue, enemies green, shots grey).
-
-    The figure is square because JaxMARL's ``init_render`` reshapes its raw buffer as ``(width, height)``. On the
-    step that ends an episode the drawn state is the one before that step (the adapter keeps no terminal state).
+    JaxMARL's own ``init_render`` works headless but re-traces its ``lax.cond`` calls on every frame (3 s a frame
+    on this machine), so the drawing is done here with Pillow from the same state and unit tables. The view is a
+    square around the live units (the map is 32 x 32, units start in its middle). On the step that ends an episode
+    the drawn state is the one before that step (the adapter keeps no terminal state).
     """
-    import matplotlib
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from marlx.render.draw import figure_to_array
+    from marlx.render.draw import ATTACK_COLOUR, font
 
     inner = env.core.env._env  # the two-team SMAX under HeuristicEnemySMAX
     state = env._state.state
-    key = id(inner)
-    if key not in _SMAX_FIGURES:
-        fig, ax = plt.subplots(1, 1, figsize=(size_inches, size_inches), dpi=80)
-        _SMAX_FIGURES[key] = (fig, ax)
-    fig, ax = _SMAX_FIGURES[key]
-    from marlx.envs.smax import STOP_ACTION
+    positions = np.asarray(state.unit_positions, np.float64)
+    alive = np.asarray(state.unit_alive, bool)
+    types = np.asarray(state.unit_types, np.int64)
+    health = np.asarray(state.unit_health, np.float64)
+    radius = np.asarray(inner.unit_type_radiuses, np.float64)[types]
+    max_health = np.asarray(inner.unit_type_health, np.float64)[types]
+    reach = np.asarray(inner.unit_type_attack_ranges, np.float64)[types]
+    n_allies = inner.num_allies
+    pts = positions[alive] if alive.any() else positions
+    centre = (pts.min(0) + pts.max(0)) / 2
+    half = max(float((pts.max(0) - pts.min(0)).max()) / 2 + 3.0, 6.0)
+    scale = width / (2 * half)
 
-    # the allies' last actions (shots are drawn from them); the heuristic enemies' are not kept: "stop"
-    given = [] if actions is None else [int(a) for a in np.asarray(actions).reshape(-1)]
-    action_dict = {a: given[i] if i < len(given) else STOP_ACTION for i, a in enumerate(inner.agents)}
-    im = inner.init_render(ax, (None, state, action_dict), 0, int(env._t))
-    im.remove()  # init_render also pastes its own screenshot into the axes: drop it, draw the patches
-    ax.set_xlim([0.0, inner.map_width])
-    ax.set_ylim([0.0, inner.map_height])
-    ax.set_aspect("equal")
-    hit = [] if attacked is None else [int(i) for i in np.flatnonzero(np.asarray(attacked).reshape(-1))]
-    positions = np.asarray(state.unit_positions)
-    for i in hit:
-        if i < env.n_agents:
-            ax.add_patch(matplotlib.patches.Circle(positions[i], 1.2, fill=False, color="red", lw=2))
-    return figure_to_array(fig)
+    def px(p):  # map y points up, image y down
+        return ((p[0] - centre[0] + half) * scale, (centre[1] + half - p[1]) * scale)
+
+    img = Image.new("RGB", (width, width), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    hit = set() if attacked is None else {int(i) for i in np.flatnonzero(np.asarray(attacked).reshape(-1))}
+    n_moves = inner.num_movement_actions
+    for i, a in enumerate([] if actions is None else np.asarray(actions).reshape(-1)):
+        target = n_allies + int(a) - n_moves
+        if a >= n_moves and target < len(positions) and alive[i] and alive[target] and \
+                np.linalg.norm(positions[i] - positions[target]) < reach[i]:
+            d.line([px(positions[i]), px(positions[target])], fill=(130, 130, 130), width=2)
+    f = font(max(8, int(0.5 * scale)))
+    for u in np.flatnonzero(alive):
+        x, y = px(positions[u])
+        r = radius[u] * scale
+        colour = (0, 0, 255) if u < n_allies else (0, 128, 0)
+        outline = ATTACK_COLOUR if (u < n_allies and u in hit) else None
+        d.ellipse((x - r, y - r, x + r, y + r), fill=colour, outline=outline, width=3)
+        d.text((x, y), inner.unit_type_shorthands[types[u]], fill=(255, 255, 255), font=f, anchor="mm")
+        frac = float(np.clip(health[u] / max_health[u], 0.0, 1.0))
+        d.rectangle((x - r, y - r - 6, x - r + 2 * r * frac, y - r - 3), fill=(220, 60, 60))
+    return np.asarray(img, np.uint8)
 
 
 # -- LBF and RWARE from their state ---------------------------------------------------------------------
