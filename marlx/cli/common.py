@@ -75,7 +75,13 @@ def add_evaluate_args(p: argparse.ArgumentParser, algo_flags: tuple[str, ...] = 
                    help="also play as many episodes under an attack: none (default), random (ROMANCE's), wolfpack")
     p.add_argument("--budget", type=int, default=None,
                    help="attacked time steps per episode (default: wolfpack 8, random 6)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the envs and the attack (default: the run's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the envs and the attack (default: the run's); with --video, episode k starts from "
+                        "reset(seed=SEED+k) (default SEED 0)")
+    p.add_argument("--video", default=None, metavar="PATH",
+                   help="render the greedy episodes to PATH (.mp4 or .gif) instead: they are played in this process, "
+                        "the numbers printed are theirs")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of --video (default 4)")
 
 
 def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
@@ -91,8 +97,52 @@ def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    if args.video:
+        return video_and_print(args)
     return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json,
                               attack=args.attack, budget=args.budget, seed=args.seed)
+
+
+def video_and_print(args: argparse.Namespace) -> int:
+    """``evaluate --video``: greedy episodes played and rendered in this process (no Ray), one video file."""
+    from marlx.cli.evaluate import find_checkpoint
+    from marlx.errors import MarlxError
+    from marlx.render.play import record_video
+    from marlx.render.video import check_video_path
+
+    if args.episodes < 1:
+        raise MarlxError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.fps <= 0:
+        raise MarlxError(f"--fps must be > 0, got {args.fps}")
+    if args.attack not in (None, "none"):
+        raise MarlxError("--video with --attack is not built yet: run them separately (the video player's "
+                         "action_hook is where an attack will plug in)")
+    check_video_path(args.video)
+    find_checkpoint(args.checkpoint)
+    res = record_video(args.checkpoint, args.video, episodes=args.episodes, fps=args.fps, seed=args.seed or 0,
+                       algo=args.algo)
+    print_evaluation(res, args.json)
+    print(f"  video: {res['video']} ({res['frames']} frames)", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def print_evaluation(res: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(res))
+    elif "attacked" in res:
+        nat, att = res["natural"], res["attacked"]
+        print(f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes each, attack "
+              f"{res['attack']['name']} (budget {res['budget']} steps)\n"
+              f"  {'':9} {'return':>8} {'success':>8} {'length':>7} {'attacked steps (mean/max)':>26}\n"
+              f"  {'natural':9} {nat['return_mean']:8.3f} {nat['success_rate']:8.2f} {nat['length_mean']:7.1f}\n"
+              f"  {'attacked':9} {att['return_mean']:8.3f} {att['success_rate']:8.2f} {att['length_mean']:7.1f} "
+              f"{att['attacked_steps_mean']:19.2f}/{att['attacked_steps_max']}\n"
+              f"  hits per agent and episode: {att['hits_per_agent']}\n  checkpoint: {res['checkpoint']}")
+    else:
+        print(
+            f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes | return {res['return_mean']:.3f} "
+            f"| success {res['success_rate']:.2f} | length {res['length_mean']:.1f}\n  checkpoint: {res['checkpoint']}"
+        )
 
 
 def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None) -> int:
@@ -123,20 +173,5 @@ def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address
     attack_spec(attack, budget, checkpoint_algorithm(found)[0])
     init_ray(address)
     res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed)
-    if as_json:
-        print(json.dumps(res))
-    elif "attacked" in res:
-        nat, att = res["natural"], res["attacked"]
-        print(f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes each, attack "
-              f"{res['attack']['name']} (budget {res['budget']} steps)\n"
-              f"  {'':9} {'return':>8} {'success':>8} {'length':>7} {'attacked steps (mean/max)':>26}\n"
-              f"  {'natural':9} {nat['return_mean']:8.3f} {nat['success_rate']:8.2f} {nat['length_mean']:7.1f}\n"
-              f"  {'attacked':9} {att['return_mean']:8.3f} {att['success_rate']:8.2f} {att['length_mean']:7.1f} "
-              f"{att['attacked_steps_mean']:19.2f}/{att['attacked_steps_max']}\n"
-              f"  hits per agent and episode: {att['hits_per_agent']}\n  checkpoint: {res['checkpoint']}")
-    else:
-        print(
-            f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes | return {res['return_mean']:.3f} "
-            f"| success {res['success_rate']:.2f} | length {res['length_mean']:.1f}\n  checkpoint: {res['checkpoint']}"
-        )
+    print_evaluation(res, as_json)
     return 0

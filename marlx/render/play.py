@@ -5,9 +5,7 @@ env runner, no Ray. Two kinds of checkpoints:
 
 * team algorithms (QMIX, VDN, FoX, ...; ``marlx_team_algorithm``): one module acting for the whole team,
   ``module.forward_inference({OBS: {leaf: [1, ...]}, STATE_IN: {k: [1, ...]}})`` -> ``ACTIONS`` (the joint action),
-  the recurrent ``STATE_OUT`` fed back the next step. Modules built for the team runtime take no time axis
-  (``marlx/runtime``'s batch convention); the QMIX module before it takes observation leaves with a time axis of 1.
-  :class:`TeamActor` finds out which on the first step.
+  the recurrent ``STATE_OUT`` fed back the next step; the batch convention of ``marlx.runtime`` (no time axis).
 * per-agent RLlib algorithms (PPO, ...) on the env's ``multi_agent`` view: each agent's module, greedy over its
   action-distribution inputs.
 
@@ -39,51 +37,22 @@ class EpisodeRecord:
     frames: list = field(default_factory=list)
 
 
-def team_forward(module, obs: dict, state_in: dict | None, n_agents: int, time_axis: bool = False):
-    """One greedy step of a team module for one env: ``-> (joint action [n] int64, state_out)``.
-
-    ``time_axis``: give observation leaves as ``[1, 1, ...]`` (the QMIX module before the team runtime) instead
-    of the runtime's ``[1, ...]``.
-    """
+def team_forward(module, obs: dict, state_in: dict | None, n_agents: int):
+    """One greedy step of a team module for one env: ``-> (joint action [n] int64, state_out)``; the batch has
+    the team runtime's layout (``[1, ...]`` leaves, no time axis)."""
     import torch
     from ray.rllib.core.columns import Columns
 
-    leaves = {k: torch.as_tensor(np.asarray(v, np.float32))[None] for k, v in obs.items()}
-    if time_axis:
-        leaves = {k: v[:, None] for k, v in leaves.items()}
-    batch = {Columns.OBS: leaves}
+    batch = {Columns.OBS: {k: torch.as_tensor(np.asarray(v, np.float32))[None] for k, v in obs.items()}}
     if state_in is not None:
         batch[Columns.STATE_IN] = state_in
     with torch.no_grad():
         out = module.forward_inference(batch)
     actions = np.asarray(out[Columns.ACTIONS].detach().cpu(), np.int64).reshape(-1)
     if actions.shape[0] != n_agents:
-        raise ValueError(f"{type(module).__name__} returned {actions.shape[0]} actions for {n_agents} agents")
+        raise MarlxError(f"{type(module).__name__} returned {actions.shape[0]} actions for {n_agents} agents: "
+                         "the module and the env of this checkpoint do not match")
     return actions, out.get(Columns.STATE_OUT, state_in)
-
-
-class TeamActor:
-    """Greedy joint actions of a team module, in whichever batch convention the module takes (found on the
-    first step: the runtime's ``[B, ...]`` first, then ``[B, 1, ...]``)."""
-
-    def __init__(self, module, n_agents: int):
-        self.module, self.n_agents = module, n_agents
-        self.time_axis: bool | None = None
-
-    def __call__(self, obs: dict, state_in):
-        if self.time_axis is not None:
-            return team_forward(self.module, obs, state_in, self.n_agents, self.time_axis)
-        errors = []
-        for time_axis in (False, True):
-            try:
-                out = team_forward(self.module, obs, state_in, self.n_agents, time_axis)
-            except (ValueError, RuntimeError, IndexError) as e:
-                errors.append(f"{'[1, 1, ...]' if time_axis else '[1, ...]'}: {e}")
-                continue
-            self.time_axis = time_axis
-            return out
-        raise MarlxError(f"{type(self.module).__name__}.forward_inference takes neither batch convention ("
-                         + "; ".join(errors) + "); the module and the env of this checkpoint do not match")
 
 
 def _batched_state(module) -> dict | None:
@@ -127,7 +96,6 @@ class CheckpointPlayer:
         if self.team_algorithm:
             self.module = next(iter(self.modules.values())) if len(self.modules) == 1 else self.modules["default_policy"]
             self.agent_view = None
-            self.actor = TeamActor(self.module, self.team.n_agents)
         else:
             from marlx.envs.convert import TeamToMultiAgentEnv
 
@@ -196,7 +164,7 @@ class CheckpointPlayer:
                 rec.frames.append(add_caption(frame(self.team), [f"{head} | step 0", "return 0.00"]))
             while True:
                 if self.team_algorithm:
-                    actions, state_in = self.actor(team_obs, state_in)
+                    actions, state_in = team_forward(self.module, team_obs, state_in, self.team.n_agents)
                 else:
                     actions = self._agent_actions(agent_obs)
                 attacked = None
