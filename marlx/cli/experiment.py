@@ -33,6 +33,7 @@ EXPERIMENT_KEYS = {
     "checkpoint_config": "{checkpoint_frequency: N, checkpoint_at_end: true, num_to_keep: K}",
     "storage_path": "folder for run outputs (default ./runs)",
     "num_samples": "trials to sample from the search space",
+    "seeds": "list of seeds, e.g. [0, 1, 2]: one trial per seed (a Tune grid over config.seed)",
     "stop_reward": "shorthand for stop: {env_runners/episode_return_mean: X}",
     "local_dir": "old name of storage_path",
 }
@@ -337,6 +338,18 @@ def apply_overrides(data: dict, stop: dict | None = None, config: dict | None = 
     return data
 
 
+def seed_grid(seeds: Any, config: dict, where: str) -> dict:
+    """``seeds: [0, 1, 2]`` -> Tune's ``{"grid_search": [0, 1, 2]}`` over ``seed`` (``marlx report`` groups them)."""
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            for s in seeds):
+        raise MarlxError(f"{where}: seeds must be a non-empty list of integers, e.g. seeds: [0, 1, 2]; got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise MarlxError(f"{where}: seeds {seeds} repeat a seed; list each once")
+    if "seed" in config:
+        raise MarlxError(f"{where}: give either seeds: [...] or config.seed, not both")
+    return {"grid_search": list(seeds)}
+
+
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:
     """Resolve every experiment of a loaded file; raises MarlxError on the first problem."""
     experiments = []
@@ -366,6 +379,8 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
             num_samples = int(block.get("num_samples", 1))
         except (TypeError, ValueError):
             raise MarlxError(f"{where}: num_samples must be an integer, got {block['num_samples']!r}") from None
+        if "seeds" in block:
+            search["seed"] = seed_grid(block["seeds"], config_dict, where)
         storage = storage_path or block.get("storage_path") or block.get("local_dir") or "runs"
         experiments.append(
             Experiment(

@@ -3,12 +3,15 @@
     marlx train tuned_examples/qmix/push_box.yaml [--resume] [--stop JSON] [--config JSON] [--address auto]
     marlx envs
     marlx algos
-    marlx evaluate CHECKPOINT [--episodes N]
+    marlx evaluate CHECKPOINT [--episodes N] [--video greedy.mp4 [--fps F]]
+    marlx plot RUN_DIR... [--metric success_rate] [--x env_steps] [--out curves.png]
+    marlx report RUN_DIR... [--metric success_rate] [--x env_steps] [--threshold T] [--out report.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from marlx.cli.common import (
@@ -43,6 +46,32 @@ def list_algos(args: argparse.Namespace | None = None) -> int:
     return 0
 
 
+def plot_command(args: argparse.Namespace) -> int:
+    from marlx.results.plot import plot_runs
+
+    res = plot_runs(args.runs, metric=args.metric, x=args.x, out=args.out)
+    groups = ", ".join(f"{k} ({v} seed{'s' if v != 1 else ''})" for k, v in res["groups"].items())
+    print(f"{res['metric']} against {res['x']}: {groups}\n  plot: {os.path.abspath(res['out'])}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from marlx.results.report import report_runs
+
+    res = report_runs(args.runs, metric=args.metric, x=args.x, out=args.out, threshold=args.threshold)
+    print(res["table"])
+    print(f"  report: {os.path.abspath(res['out'])}\n  plot: {os.path.abspath(res['png'])}")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (runs/<experiment> or trial folders)")
+    p.add_argument("--metric", default="success_rate",
+                   help="result key, or a short name looked up under env_runners/ (default success_rate)")
+    p.add_argument("--x", default="env_steps", help="x axis: env_steps, iteration, time or a result key")
+    p.add_argument("--out", default=out, help=f"output file (default {out})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="marlx", description="marlx: multi-agent RL on Ray RLlib.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run greedy episodes from a checkpoint")
     add_evaluate_args(e)
     e.set_defaults(func=evaluate_command)
+
+    pl = sub.add_parser("plot", help="learning curves of run folders: seeds as mean with a 95%% band")
+    _add_run_args(pl, "curves.png")
+    pl.set_defaults(func=plot_command)
+
+    r = sub.add_parser("report", help="multi-seed table: final/best metric with bootstrap CIs, IQM, steps to a "
+                                      "threshold, env steps/s (Markdown + PNG)")
+    _add_run_args(r, "report.md")
+    r.add_argument("--threshold", type=float, default=None,
+                   help="metric level for 'steps to threshold' (default 0.5 for success rates)")
+    r.set_defaults(func=report_command)
     return p
 
 
