@@ -3,7 +3,8 @@
 Runs a tuned example (``tuned_examples/<algo>/<env>.yaml`` by default) for several seeds, one after the
 other, evaluates greedily (``explore=False``) at the file's ``evaluation_interval``, and writes
 ``<out>/learning_<algo>_<env>.csv`` (seed, iteration, env steps, wall seconds, train/eval success, returns)
-and a PNG of the mean eval success (band: min..max over seeds). Also measures random play on the same env.
+and a PNG of the mean eval success (band: 95% bootstrap interval of the mean over seeds, as `marlx plot`).
+Also measures random play on the same env.
 The last line printed is one JSON object.
 
     python benchmarks/learning.py --algo qmix --env builtin/push_box --seeds 3
@@ -117,31 +118,20 @@ def eval_curve(rows: list[dict], seed: int) -> list[dict]:
 
 
 def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate: float) -> None:
-    import matplotlib
+    """Greedy success against env steps: per algorithm the mean over seeds with its 95% bootstrap band
+    (the curves of `marlx plot`)."""
+    from marlx.results.plot import plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    top = max(r["env_steps"] for rows in rows_by_algo.values() for r in rows)
-    grid = np.linspace(0, top, 60)
+    curves = {}
     for algo, rows in rows_by_algo.items():
-        curves = []
+        per_seed = []
         for s in sorted({r["seed"] for r in rows}):
             pts = [(r["env_steps"], r["eval_success"]) for r in eval_curve(rows, s)]
             if pts:
-                x, y = zip(*pts)
-                curves.append(np.interp(grid, x, y, left=np.nan))
-        if curves:
-            c = np.array(curves)
-            ax.plot(grid, np.nanmean(c, 0), label=f"{algo}: greedy success (mean of {len(curves)} seeds)")
-            ax.fill_between(grid, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.2)
-    ax.axhline(random_rate, color="grey", ls="--", label="random play")
-    ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.02, 1.02))
-    ax.set_title(title, fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+                per_seed.append(tuple(zip(*pts)))
+        curves[f"{algo}: greedy success"] = per_seed
+    plot_curves(curves, path, xlabel="env steps", ylabel="success rate", title=title,
+                hlines={"random play": random_rate}, ylim=(-0.02, 1.02))
 
 
 def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
