@@ -338,15 +338,13 @@ def apply_overrides(data: dict, stop: dict | None = None, config: dict | None = 
     return data
 
 
-def seed_grid(seeds: Any, config: dict, where: str) -> dict:
+def seed_grid(seeds: Any, where: str) -> dict:
     """``seeds: [0, 1, 2]`` -> Tune's ``{"grid_search": [0, 1, 2]}`` over ``seed`` (``marlx report`` groups them)."""
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                             for s in seeds):
         raise MarlxError(f"{where}: seeds must be a non-empty list of integers, e.g. seeds: [0, 1, 2]; got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise MarlxError(f"{where}: seeds {seeds} repeat a seed; list each once")
-    if "seed" in config:
-        raise MarlxError(f"{where}: give either seeds: [...] or config.seed, not both")
     return {"grid_search": list(seeds)}
 
 
@@ -380,7 +378,9 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
         except (TypeError, ValueError):
             raise MarlxError(f"{where}: num_samples must be an integer, got {block['num_samples']!r}") from None
         if "seeds" in block:
-            search["seed"] = seed_grid(block["seeds"], config_dict, where)
+            search["seed"] = seed_grid(block["seeds"], where)
+            if "seed" in config_dict:
+                notices.append(f"{where}: seeds {block['seeds']} replace config.seed {config_dict['seed']}")
         storage = storage_path or block.get("storage_path") or block.get("local_dir") or "runs"
         experiments.append(
             Experiment(

@@ -139,8 +139,8 @@ def test_seeds_expand_to_a_grid_over_seed():
     for bad, msg in (([], "non-empty list"), ([0, 0], "repeat"), ("0,1", "non-empty list")):
         with pytest.raises(MarlxError, match=msg):
             parse_experiments({"e": {"run": "PPO", "env": "builtin/push_box", "seeds": bad}})
-    with pytest.raises(MarlxError, match="not both"):
-        parse_experiments({"e": {"run": "PPO", "env": "builtin/push_box", "seeds": [1], "config": {"seed": 3}}})
+    (exp,) = parse_experiments({"e": {"run": "PPO", "env": "builtin/push_box", "seeds": [1, 2], "config": {"seed": 3}}})
+    assert exp.param_space()["seed"] == {"grid_search": [1, 2]} and "replace config.seed 3" in exp.notices[0]
 
 
 TINY_PPO = {"env_config": {"size": 4, "box_start_row": 1, "episode_limit": 20}, "num_env_runners": 0,
