@@ -33,6 +33,7 @@ X_ALIASES = {
     "time": ("time_total_s",),
 }
 ENV_STEPS_KEYS = X_ALIASES["env_steps"]
+EVAL_EPISODES_KEY = "evaluation/env_runners/num_episodes_lifetime"
 #: Config keys that identify a trial, not a setting (never split a seed group).
 IDENTITY_KEYS = {"seed"}
 
@@ -64,10 +65,19 @@ class Trial:
         return self.params.get("seed")
 
     def series(self, x_key: str, y_key: str) -> tuple[list[float], list[float]]:
-        """``(x, y)`` of the rows that have both as finite numbers, in file order."""
+        """``(x, y)`` of the rows that have both as finite numbers, in file order.
+
+        RLlib repeats the last evaluation's results in the iterations between evaluations: for an
+        ``evaluation/`` metric only rows where the evaluated-episode count grew are kept.
+        """
         xs, ys = [], []
+        evaluated = 0.0
         for r in self.rows:
             x, y = r.get(x_key), r.get(y_key)
+            if y_key.startswith("evaluation/") and _number(r.get(EVAL_EPISODES_KEY)):
+                if r[EVAL_EPISODES_KEY] <= evaluated:
+                    continue
+                evaluated = r[EVAL_EPISODES_KEY]
             if _number(x) and _number(y):
                 xs.append(float(x))
                 ys.append(float(y))

@@ -83,6 +83,18 @@ def test_report_numbers_equal_the_result_files(runs, tmp_path):
     assert os.path.getsize(res["png"]) > 1000
 
 
+def test_repeated_evaluation_results_count_once(tmp_path):
+    folder = tmp_path / "E" / "t0"
+    os.makedirs(folder)
+    rows = [(1, 10, 0.5), (2, 10, 0.5), (3, 20, 0.8), (4, 20, 0.8)]  # evaluation every other iteration
+    with open(folder / "result.json", "w") as f:
+        for it, episodes, s in rows:
+            f.write(json.dumps({"training_iteration": it, "evaluation": {"env_runners": {
+                "success_rate": s, "num_episodes_lifetime": episodes}}}) + "\n")
+    (trial,) = find_trials([str(tmp_path)])
+    assert trial.series("training_iteration", "evaluation/env_runners/success_rate") == ([1.0, 3.0], [0.5, 0.8])
+
+
 def test_plot_command_writes_png(runs, tmp_path, capsys):
     out = tmp_path / "c.png"
     assert marlx_cmd.main(["plot", str(runs), "--metric", "return", "--x", "iteration", "--out", str(out)]) == 0
