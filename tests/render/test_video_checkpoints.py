@@ -104,6 +104,9 @@ def test_evaluate_video_command(checkpoints, tmp_path, capsys):
     code = rllib_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(tmp_path / "v.webm")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "must end in .mp4 or .gif" in err
+    code = marlx_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(out), "--attack", "random"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--video with --attack is not built yet" in err
 
 
 @pytest.mark.slow
