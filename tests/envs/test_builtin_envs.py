@@ -171,3 +171,35 @@ def test_predator_prey_is_solvable_at_default_size_by_a_scripted_team():
                 break
         solved += info["success"]
     assert solved / 40 > 0.9
+
+
+def test_push_box_paper_like_mode_single_pusher_is_slow_and_first_box_ends_the_episode():
+    env = PushBoxEnv(size=6, mode="paper_like")
+    assert env.n_boxes == 2 and env.state_names == [
+        "agent0_x", "agent0_y", "agent1_x", "agent1_y", "box0_x", "box0_y", "box1_x", "box1_y"]
+    env.reset(seed=0)
+    moved = 0
+    for _ in range(400):  # one pusher moves the box with probability p_single = 0.25
+        place(env, agents=[[2, 4], [0, 0]], boxes=[[2, 3], [4, 3]])
+        env.step([UP, STAY])
+        moved += env.boxes[0].tolist() == [2, 2]
+        assert env.boxes[1].tolist() == [4, 3]
+    assert 0.17 < moved / 400 < 0.33
+    for _ in range(20):  # two pushers always move it
+        place(env, agents=[[2, 4], [2, 4]], boxes=[[2, 3], [4, 3]])
+        env.step([UP, UP])
+        assert env.boxes[0].tolist() == [2, 2]
+    place(env, agents=[[2, 2], [2, 2]], boxes=[[2, 1], [4, 3]])
+    obs, r, te, _, info = env.step([UP, UP])  # the first box at the wall: +1 and success
+    assert r == 1.0 and te and info["success"] and obs["state"].shape == (8,)
+
+
+def test_push_box_strict_mode_ignores_single_pushers_with_paper_like_options_off():
+    env = PushBoxEnv(size=5, p_single=0.0, mode="strict")
+    env.reset(seed=0)
+    for _ in range(50):
+        place(env, agents=[[2, 4], [0, 0]], boxes=[[2, 3]])
+        env.step([UP, STAY])
+        assert env.boxes.tolist() == [[2, 3]]
+    with pytest.raises(ValueError, match="mode"):
+        PushBoxEnv(mode="paper")

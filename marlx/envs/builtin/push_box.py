@@ -1,4 +1,6 @@
-"""Push-Box: the Push-2-Box toy of the FIM paper as a numpy-only team env.
+"""Push-Box: the Push-2-Box toy of the FIM paper as a numpy-only team env, in two modes.
+
+``mode="strict"`` (the default, marlx's harder variant) is described first; ``mode="paper_like"`` follows.
 
 Agents move on a ``size x size`` grid (x to the right, y downwards, origin top-left). Each box is heavy:
 it moves one cell only when at least ``pushers_needed`` (default 2) agents push it in the same direction at
@@ -11,6 +13,13 @@ from the grid. The episode terminates with success when every box is delivered; 
 
 Agents may share cells. Moves off the grid are unavailable (masked in ``avail``; if taken anyway they
 leave the agent in place). Boxes start in row ``box_start_row`` at random columns away from the side edges.
+
+``mode="paper_like"`` approximates the paper's Figure 1 (its exact mechanics are not published; spec
+shared/specs/fim.md section 4): 2 boxes by default; a push by fewer than ``pushers_needed`` agents still moves
+the box with probability ``p_single`` (default 0.25) per push, so one agent is slow and two are fast; the
+episode terminates with success when the first box reaches the wall (``require_all_boxes=True``: all boxes),
++1 per box at the wall. Its global state has no delivered flags (a box at the wall has y = 0, which only a
+delivered box can have): ``agent{i}_x, agent{i}_y`` then ``box{j}_x, box{j}_y``.
 
 Actions: 0 stay, 1 up (y-1), 2 down (y+1), 3 left (x-1), 4 right (x+1).
 
@@ -45,6 +54,11 @@ class PushBoxEnv(TeamEnv):
             could push a box up from below it). More rows mean more joint pushes and a sparser task.
         episode_limit: time limit (truncation).
         random_start: agents start at random free cells (else in the bottom corners).
+        mode: "strict" (joint pushes only, 1 box, all boxes to deliver) or "paper_like" (see the module doc).
+        p_single: probability that a push by fewer than ``pushers_needed`` agents moves the box
+            (default 0 in strict mode, 0.25 in paper-like mode, a marlx guess at "slower").
+        require_all_boxes: terminate only when every box is delivered (default: True in strict mode, False in
+            paper-like mode, where the first box at the wall ends the episode).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -53,12 +67,22 @@ class PushBoxEnv(TeamEnv):
         self,
         size: int = 6,
         n_agents: int = 2,
-        n_boxes: int = 1,
+        n_boxes: int | None = None,
         pushers_needed: int = 2,
         box_start_row: int | None = None,
         episode_limit: int = 50,
         random_start: bool = True,
+        mode: str = "strict",
+        p_single: float | None = None,
+        require_all_boxes: bool | None = None,
     ):
+        if mode not in ("strict", "paper_like"):
+            raise ValueError(f"push_box mode must be 'strict' or 'paper_like', got {mode!r}")
+        paper = mode == "paper_like"
+        n_boxes = (2 if paper else 1) if n_boxes is None else n_boxes
+        p_single = (0.25 if paper else 0.0) if p_single is None else float(p_single)
+        if not 0.0 <= p_single <= 1.0:
+            raise ValueError(f"p_single must be in [0, 1], got {p_single}")
         if size < 3:
             raise ValueError(f"push_box needs size >= 3, got {size}")
         if n_boxes > size - 2:
@@ -74,12 +98,16 @@ class PushBoxEnv(TeamEnv):
             raise ValueError(f"box_start_row must be in [1, {size - 2}] (size {size}), got {box_start_row}")
         self.episode_limit = episode_limit
         self.random_start = random_start
+        self.mode = mode
+        self.p_single = p_single
+        self.require_all_boxes = (not paper) if require_all_boxes is None else bool(require_all_boxes)
+        self._state_flags = not paper  # strict mode's state carries box{j}_delivered
         self.n_actions = 5
         self.obs_dim = 2 + 3 * n_boxes + 2 * (n_agents - 1)
-        self.state_dim = 2 * n_agents + 3 * n_boxes
+        self.state_dim = 2 * n_agents + (3 if self._state_flags else 2) * n_boxes
         self.position_dim = 2
         self.state_names = [f"agent{i}_{c}" for i in range(n_agents) for c in "xy"] + [
-            f"box{j}_{c}" for j in range(n_boxes) for c in ("x", "y", "delivered")
+            f"box{j}_{c}" for j in range(n_boxes) for c in (("x", "y", "delivered") if self._state_flags else ("x", "y"))
         ]
         self._scale = 1.0 / (size - 1)
         self.agents = np.zeros((n_agents, 2), np.int64)
@@ -115,19 +143,18 @@ class PushBoxEnv(TeamEnv):
             pushing = np.all(target == self.boxes[j], axis=1) & (actions != STAY)
             if not pushing.any():
                 continue
-            for d in (UP, DOWN, LEFT, RIGHT):
-                group = pushing & (actions == d)
-                if group.sum() < self.pushers_needed:
-                    continue
-                new = self.boxes[j] + MOVES[d]
-                if not self._box_can_enter(new, j):
-                    break
-                self.boxes[j] = new
-                moved_box |= group
-                if new[1] == 0:
-                    self.delivered[j] = True
-                    reward += 1.0
-                break
+            d = self._push_direction(pushing, actions)
+            if d is None:
+                continue
+            group = pushing & (actions == d)
+            new = self.boxes[j] + MOVES[d]
+            if not self._box_can_enter(new, j):
+                continue
+            self.boxes[j] = new
+            moved_box |= group
+            if new[1] == 0:
+                self.delivered[j] = True
+                reward += 1.0
         # agents: a move is blocked by the grid edge and by an undelivered box, unless the agent
         # was one of the successful pushers (it then follows the box into its old cell)
         inside = np.all((target >= 0) & (target < self.size), axis=1)
@@ -137,8 +164,21 @@ class PushBoxEnv(TeamEnv):
                 blocked |= np.all(target == self.boxes[j], axis=1)
         go = moved_box | ~blocked
         self.agents[go] = target[go]
-        terminated = bool(self.delivered.all())
+        terminated = bool(self.delivered.all() if self.require_all_boxes else self.delivered.any())
         return reward, terminated, {"success": terminated, "delivered": int(self.delivered.sum())}
+
+    def _push_direction(self, pushing, actions) -> int | None:
+        """The direction a box is pushed this step, or None: the first direction with ``pushers_needed``
+        pushers; else (``p_single > 0``) the one direction of a weaker push, with probability ``p_single``
+        (weaker pushes from several sides cancel)."""
+        groups = [(d, int((pushing & (actions == d)).sum())) for d in (UP, DOWN, LEFT, RIGHT)]
+        for d, size in groups:
+            if size >= self.pushers_needed:
+                return d
+        weak = [d for d, size in groups if size > 0]
+        if self.p_single > 0 and len(weak) == 1 and self.np_random.random() < self.p_single:
+            return weak[0]
+        return None
 
     def _box_can_enter(self, cell, j) -> bool:
         if not (0 <= cell[0] < self.size and 0 <= cell[1] < self.size):
@@ -164,7 +204,8 @@ class PushBoxEnv(TeamEnv):
 
     def get_state(self):
         s = self._scale
-        boxes = np.concatenate([self.boxes * s, self.delivered[:, None]], axis=1)
+        boxes = np.concatenate([self.boxes * s, self.delivered[:, None]], axis=1) if self._state_flags else (
+            self.boxes * s)
         return np.concatenate([(self.agents * s).reshape(-1), boxes.reshape(-1)]).astype(np.float32)
 
     def get_avail_actions(self):
