@@ -22,6 +22,7 @@ ALGORITHMS: dict[str, str] = {
     "VDN": "marlx.algorithms.qmix:VDN",
     "FoX": "marlx.algorithms.fox:FoX",
     "WALL": "marlx.algorithms.wall:WALL",
+    "FIM": "marlx.algorithms.fim:FIM",
 }
 
 

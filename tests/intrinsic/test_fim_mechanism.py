@@ -363,3 +363,30 @@ def test_forward_model_learns_from_batches_and_the_checkpoint_keeps_it():
     other.set_state(comp.get_state())
     torch.testing.assert_close(other.bonus(batch, {}, None), comp.bonus(batch, {}, None))
     assert other.model_updates == 4 and other.optimizer.state_dict()["state"]
+
+
+def test_qmix_one_step_target_rises_by_exactly_r_int():
+    from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
+
+    from marlx.algorithms.qmix import QMIXConfig
+    from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES
+
+    env, batch = push_box_situation()
+    cfg = QMIXConfig().environment(observation_space=env.observation_space, action_space=env.action_space)
+    cfg.training(mixer="vdn", gamma=0.5, rnn_hidden_dim=8)
+    cfg.team_runtime(intrinsic={"fim": {"cog_select": "manual", "cog_dims": [4, 5], "fim_alpha": 0.5}})
+    learner = cfg.build_learner(env=env)
+    (fim,) = learner.intrinsic[DEFAULT_POLICY_ID]
+    fim.model.predict_candidates = exact_push_box_model(PushBoxEnv(size=5, n_agents=2, n_boxes=1, pushers_needed=1))
+    cog = torch.zeros(1, env.state_dim)
+    cog[0, [4, 5]] = 1.0
+    batch.update({
+        FIM_COG: cog, FIM_SCALE: torch.full((1, env.state_dim), 2.0), FIM_ANNEAL: torch.ones(1, 3),
+        "obs": torch.zeros(1, 4, 2, env.obs_dim), "rewards": torch.tensor([[0.0, 1.0, 0.0]]),
+        "terminateds": torch.zeros(1, 3),
+    })
+    zeros = {Q_VALUES: torch.zeros(1, 4, 2, 5), TARGET_Q_VALUES: torch.zeros(1, 4, 2, 5)}
+    loss = learner.compute_loss_for_module(module_id=DEFAULT_POLICY_ID, config=cfg, batch=batch, fwd_out=zeros)
+    # Q = 0: the one-step targets are r + r_int on the two real steps; r_int = (alpha w_y 0.5, 0)
+    r_int = 0.5 * (math.exp(0.5) / (1 + math.exp(0.5))) * 0.5
+    assert loss.item() == pytest.approx(((0.0 + r_int) ** 2 + 1.0**2) / 2, rel=1e-5)
