@@ -145,19 +145,26 @@ def print_evaluation(res: dict, as_json: bool) -> None:
         )
 
 
-def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None) -> int:
-    """Validate every experiment first (no Ray started on bad input), then run them in order."""
+def train_experiments(data: dict, source: str, resume: bool, address: str | None, storage_path: str | None,
+                      force: bool = False) -> int:
+    """Validate every experiment first (no Ray started on bad input), then run them in order.
+
+    Exit code: 0, or 3 when a search had errored trials (the others still run)."""
     from marlx.cli.experiment import parse_experiments
     from marlx.cli.runner import check_resumable, init_ray, run_experiment
+    from marlx.cli.tune import summarize
 
     experiments = parse_experiments(data, source=source, storage_path=storage_path)
     if resume:
         for exp in experiments:
             check_resumable(exp)
     init_ray(address)
+    code = 0
     for exp in experiments:
-        run_experiment(exp, resume=resume)
-    return 0
+        results = run_experiment(exp, resume=resume, force=force)
+        if exp.is_search:
+            code = max(code, summarize(results, exp))
+    return code
 
 
 def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address: str | None, as_json: bool,

@@ -32,8 +32,9 @@ EXPERIMENT_KEYS = {
     "config": "algorithm config overrides",
     "checkpoint_config": "{checkpoint_frequency: N, checkpoint_at_end: true, num_to_keep: K}",
     "storage_path": "folder for run outputs (default ./runs)",
-    "num_samples": "trials to sample from the search space",
+    "num_samples": "trials to sample from the search space (or tune.num_samples)",
     "seeds": "list of seeds, e.g. [0, 1, 2]: one trial per seed (a Tune grid over config.seed)",
+    "tune": "Ray Tune search settings: metric, mode, scope, scheduler, search_alg, num_samples, ...",
     "stop_reward": "shorthand for stop: {env_runners/episode_return_mean: X}",
     "local_dir": "old name of storage_path",
 }
@@ -69,18 +70,33 @@ class Experiment:
     algo_class: type
     env: str | None
     config: Any  # AlgorithmConfig
+    #: param-space path (tuple) -> Tune domain, e.g. ("env_config", "size") -> {"grid_search": [4, 5]}
     search_space: dict = field(default_factory=dict)
+    #: param-space path -> the YAML path (``env_config.size``, ``optim.sam.rho``) and its YAML form, for tables
+    space_paths: dict = field(default_factory=dict)
+    #: YAML path -> the space as written in the file (stored with a search, compared on resume)
+    space_yaml: dict = field(default_factory=dict)
     stop: dict = field(default_factory=dict)
     checkpoint_config: dict = field(default_factory=dict)
     storage_path: str = ""
     num_samples: int = 1
     notices: list[str] = field(default_factory=list)
+    tune: Any = None  # search_space.TuneSettings
 
     def param_space(self) -> dict:
-        """The config as Tune's param space, with search-space entries (grid_search, ...) restored."""
+        """The config as Tune's param space, with the search-space domains at their (nested) paths."""
+        from marlx.cli.search_space import set_path
+
         space = self.config.to_dict()
-        space.update(self.search_space)
+        for path, domain in self.search_space.items():
+            set_path(space, path, domain)
         return space
+
+    @property
+    def is_search(self) -> bool:
+        """A search (a results table, a best trial) rather than one training run."""
+        return bool(self.search_space) or self.tune is not None and (
+            self.tune.num_samples > 1 or self.tune.scheduler[0] is not None)
 
 
 def load_experiment_file(path: str) -> dict:
@@ -162,26 +178,19 @@ def resolve_env(name: str) -> str:
     )
 
 
-def _is_search_space(value: Any) -> bool:
-    from ray.tune.search.sample import Domain
-
-    if isinstance(value, Domain):
-        return True
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("grid_search", "grid")
-
-
 def is_team_algorithm(cls: type) -> bool:
     return bool(getattr(cls, "marlx_team_algorithm", False))
 
 
-def build_config(algo_class: type, env: str | None, config: dict, where: str = "config"):
-    """A validated AlgorithmConfig for ``algo_class`` from a classic config dict.
+def build_config(algo_class: type, env: str | None, config: dict, where: str = "config", check_env: bool = True):
+    """A validated AlgorithmConfig for ``algo_class`` from a classic config dict without search spaces
+    (:func:`build_search` resolves those). ``check_env`` builds the env once to check its options.
 
-    Returns ``(config, search_space, notices)``: entries that are Tune search spaces are kept apart (Tune
-    resolves them per trial) after their key was validated.
+    Returns ``(config, notices)``.
     """
     from marlx._rllib import translate_config_key
     from marlx.callbacks import TeamMetricsCallback
+    from marlx.cli.tune import TuneMetricsCallback
     from marlx.envs.registry import VIEW_KEY, VIEWS, is_registered
     from marlx.optim.rllib_hooks import apply_optim
 
@@ -190,7 +199,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
     config = copy.deepcopy(config)
     algo_config = algo_class.get_default_config()
     notices: list[str] = []
-    fixed, search_space, marlx_sections = {}, {}, {}
+    fixed, marlx_sections = {}, {}
     for key, value in config.items():
         if key in RENAMED_CONFIG_KEYS:
             new = RENAMED_CONFIG_KEYS[key]
@@ -203,7 +212,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if not (hasattr(algo_config, translated) or translated in _SPECIAL_CONFIG_KEYS):
             valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
             raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
-        (search_space if _is_search_space(value) else fixed)[key] = value
+        fixed[key] = value
     env = fixed.pop("env", env)
     model_config = fixed.pop("model_config", None)  # a read-only property: set through rl_module()
     if "env_config" in fixed and not isinstance(fixed["env_config"], dict):
@@ -232,10 +241,12 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
             if env_config[VIEW_KEY] == "multi_agent" and not algo_config.is_multi_agent:
                 algo_config.multi_agent(policies={"shared"}, policy_mapping_fn=_shared_policy)
         algo_config.environment(env, env_config=env_config)
-        _check_env_config(env, env_config)
-    if TeamMetricsCallback not in _callback_classes(algo_config):
-        existing = _callback_classes(algo_config)
-        algo_config.callbacks(callbacks_class=existing + [TeamMetricsCallback] if existing else TeamMetricsCallback)
+        if check_env:
+            _check_env_config(env, env_config)
+    existing = _callback_classes(algo_config)
+    missing = [cb for cb in (TeamMetricsCallback, TuneMetricsCallback) if cb not in existing]
+    if missing:
+        algo_config.callbacks(callbacks_class=existing + missing)
     if "optim" in marlx_sections:
         if not isinstance(marlx_sections["optim"], dict):
             raise MarlxError(f"{where}.optim must map technique names to their options, e.g. optim: {{sam: {{rho: 0.05}}}}")
@@ -244,7 +255,85 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         algo_config.validate()
     except (ValueError, TypeError, KeyError) as e:
         raise MarlxError(f"{where} (of {algo_class.__name__}) is invalid: {e}") from None
-    return algo_config, search_space, notices
+    return algo_config, notices
+
+
+#: marlx sections consumed by build_config -> where they land in the RLlib config dict (Tune's param space).
+MARLX_SECTION_PATHS = {"optim": ("learner_config_dict", "optim")}
+#: Config keys whose values are whole sections: a search space goes on one of their options.
+_SECTION_KEYS = {"env_config", "optim", "learner_config_dict"}
+
+
+def param_path(algo_class: type, path: tuple, where: str) -> tuple:
+    """A YAML config path (``("optim", "sam", "rho")``) -> its path in ``AlgorithmConfig.to_dict()``."""
+    from marlx._rllib import translate_config_key
+
+    key = RENAMED_CONFIG_KEYS.get(path[0], path[0])
+    if key == "env":
+        raise MarlxError(f"{where}: env cannot be searched; write one experiment per env")
+    if len(path) == 1 and key in _SECTION_KEYS:
+        raise MarlxError(f"{where}: search one option of {key}, e.g. {key}: {{size: {{grid_search: [4, 5]}}}}, "
+                         f"not the whole section")
+    if key in MARLX_SECTION_PATHS:
+        return MARLX_SECTION_PATHS[key] + tuple(path[1:])
+    if key in MARLX_CONFIG_KEYS:
+        raise MarlxError(f"{where}: search spaces inside {key}: are not supported; fix its values")
+    if key == "model_config":  # a read-only property; the dict lives in _model_config
+        return ("_model_config",) + tuple(path[1:])
+    return (translate_config_key(algo_class.get_default_config(), key),) + tuple(path[1:])
+
+
+def _check_nested_path(algo_class: type, path: tuple, where: str) -> None:
+    """A nested path under a fixed-shape RLlib dict (e.g. replay_buffer_config.capacity) must exist in it."""
+    if len(path) < 2 or path[0] in _SECTION_KEYS or path[0] in MARLX_CONFIG_KEYS:
+        return  # env options are checked by building the env, optim options by the technique
+    default = algo_class.get_default_config().to_dict()
+    node = default.get(param_path(algo_class, path[:1], where)[0])
+    for depth, key in enumerate(path[1:], start=1):
+        if not isinstance(node, dict) or not node:
+            return  # a free-form dict (or a value RLlib accepts in its place)
+        if key not in node:
+            raise ConfigKeyError(key, f"{where}.{'.'.join(map(str, path[:depth]))}", list(node))
+        node = node[key]
+
+
+def build_search(algo_class: type, env: str | None, config: dict, where: str, env_checks: int = 8):
+    """A config with search spaces -> ``(config, search_space, space_paths, space_yaml, notices)``.
+
+    Every path is checked, then Tune's variant generator samples the space once (each grid point, random domains
+    drawn once) and every variant goes through :func:`build_config` (the algorithm's own ``validate()``), so a bad
+    combination fails here as one line. The env is built for the first ``env_checks`` distinct env configs.
+    """
+    from marlx.cli.search_space import convert, describe, dotted, get_path, variants
+
+    notices: list[str] = []
+    space, spaces = convert(config, where, notices)
+    if not spaces:
+        algo_config, more = build_config(algo_class, env, config, where=where)
+        return algo_config, {}, {}, {}, notices + more
+    search_space, space_paths, space_yaml = {}, {}, {}
+    for path, domain in spaces.items():
+        _check_nested_path(algo_class, path, where)
+        target = param_path(algo_class, path, f"{where}.{dotted(path)}")
+        search_space[target] = domain
+        space_paths[target] = dotted(path)
+        space_yaml[dotted(path)] = get_path(config, path)
+    first, checked_envs = None, []
+    for resolved, variant in variants(space, where):
+        env_config = variant.get("env_config")
+        check_env = env_config not in checked_envs and len(checked_envs) < env_checks
+        if check_env:
+            checked_envs.append(env_config)
+        try:
+            algo_config, more = build_config(algo_class, env, variant, where=where, check_env=check_env)
+        except ConfigKeyError:
+            raise  # a misspelt key: the same in every variant
+        except MarlxError as e:
+            raise MarlxError(f"{e} (search variant {describe(resolved)})") from None
+        if first is None:
+            first = (algo_config, more)
+    algo_config, more = first
+    return algo_config, search_space, space_paths, space_yaml, notices + more
 
 
 def _shared_policy(agent_id, *args, **kwargs):
@@ -268,7 +357,7 @@ def _check_env_config(env: str, env_config: dict) -> None:
 
     if is_registered(env):
         try:
-            make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY and not _is_search_space(v)}).close()
+            make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY}).close()
         except MarlxError:
             raise
         except (ValueError, TypeError) as e:
@@ -348,6 +437,27 @@ def seed_grid(seeds: Any, where: str) -> dict:
     return {"grid_search": list(seeds)}
 
 
+def _tune_settings(block: dict, algo_class: type, env, search: dict, ckpt: dict, num_samples: int, where: str):
+    from marlx.cli.search_space import parse_tune_block
+    from marlx.envs.registry import is_registered
+
+    tune_block = block.get("tune")
+    if isinstance(tune_block, dict) and "num_samples" in tune_block and "num_samples" in block:
+        raise MarlxError(f"{where}: num_samples is given twice (top level and tune:); keep tune.num_samples")
+    if isinstance(tune_block, dict) and "num_samples" not in tune_block and "num_samples" in block:
+        tune_block = {**tune_block, "num_samples": num_samples}
+    elif tune_block is None and num_samples != 1:
+        tune_block = {"num_samples": num_samples}
+    kinds = [next(iter(d)) if isinstance(d, dict) else "domain" for d in search.values()]
+    return parse_tune_block(
+        tune_block, where,
+        default_metric="success_rate" if env is not None and is_registered(env) else "return",
+        checkpoint_config={"checkpoint_frequency": 10, **ckpt},
+        map_path=lambda path, w: param_path(algo_class, tuple(path), w),
+        has_grid="grid_search" in kinds, has_eval="eval" in kinds,
+    )
+
+
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:
     """Resolve every experiment of a loaded file; raises MarlxError on the first problem."""
     experiments = []
@@ -367,7 +477,13 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
         config_dict = dict(block.get("config") or {})
         env = block.get("env", config_dict.get("env"))
         config_dict.pop("env", None)
-        config, search, notices = build_config(algo_class, env, config_dict, where=f"{name}.config")
+        seed_notes = []
+        if "seeds" in block:  # a grid over config.seed like any other search space
+            if "seed" in config_dict:
+                seed_notes.append(f"{where}: seeds {block['seeds']} replace config.seed {config_dict['seed']}")
+            config_dict["seed"] = seed_grid(block["seeds"], where)
+        config, search, space_paths, space_yaml, notices = build_search(algo_class, env, config_dict, where=f"{name}.config")
+        notices += seed_notes
         stop = dict(block.get("stop") or {})
         if "stop_reward" in block:
             stop["env_runners/episode_return_mean"] = block["stop_reward"]
@@ -377,10 +493,10 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
             num_samples = int(block.get("num_samples", 1))
         except (TypeError, ValueError):
             raise MarlxError(f"{where}: num_samples must be an integer, got {block['num_samples']!r}") from None
-        if "seeds" in block:
-            search["seed"] = seed_grid(block["seeds"], where)
-            if "seed" in config_dict:
-                notices.append(f"{where}: seeds {block['seeds']} replace config.seed {config_dict['seed']}")
+        tune = None
+        if "tune" in block or search:
+            tune = _tune_settings(block, algo_class, env, search, ckpt, num_samples, where)
+            num_samples = tune.num_samples
         storage = storage_path or block.get("storage_path") or block.get("local_dir") or "runs"
         experiments.append(
             Experiment(
@@ -390,6 +506,9 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
                 env=env,
                 config=config,
                 search_space=search,
+                space_paths=space_paths,
+                space_yaml=space_yaml,
+                tune=tune,
                 stop=stop,
                 checkpoint_config=ckpt,
                 storage_path=os.path.abspath(os.path.expanduser(storage)),

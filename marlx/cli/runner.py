@@ -104,9 +104,33 @@ def check_resumable(exp: Experiment) -> None:
         raise MarlxError(f"nothing to resume in {path}: no interrupted run of {exp.name!r} there; run without --resume")
 
 
-def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
-    """Train ``exp`` with Ray Tune; returns Tune's ResultGrid. ``resume`` continues an interrupted run."""
+def tune_config(exp: Experiment):
+    """Tune's TuneConfig for ``exp``: metric, mode, scheduler, searcher and concurrency of its ``tune:`` block."""
     from ray import tune
+
+    settings = exp.tune
+    if settings is None:
+        return tune.TuneConfig(num_samples=exp.num_samples)
+    return tune.TuneConfig(
+        metric=settings.metric,
+        mode=settings.mode,
+        num_samples=settings.num_samples,
+        max_concurrent_trials=settings.max_concurrent_trials,
+        scheduler=settings.build_scheduler(),
+        search_alg=settings.build_searcher(),
+        time_budget_s=settings.time_budget_s,
+    )
+
+
+def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True, force: bool = False):
+    """Train ``exp`` with Ray Tune; returns Tune's ResultGrid. ``resume`` continues an interrupted run.
+
+    A single run whose trial fails raises a MarlxError with the root cause. A search (``exp.is_search``) does not:
+    :func:`marlx.cli.tune.summarize` prints its table with the errored trials' root causes.
+    """
+    from ray import tune
+
+    from marlx.cli import tune as marlx_tune
 
     for notice in exp.notices:
         print(f"note: {notice}", file=sys.stderr)
@@ -114,6 +138,8 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
     callbacks = [_progress_callback()] if verbose else []
     if resume:
         check_resumable(exp)
+        if exp.is_search:
+            marlx_tune.check_spec(exp, path, force=force)
         print(f"resuming {exp.name} from {path}", flush=True)
         tuner = tune.Tuner.restore(
             path, trainable=exp.algo_class, resume_unfinished=True, resume_errored=True,
@@ -137,10 +163,14 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True):
         tuner = tune.Tuner(
             exp.algo_class,
             param_space=exp.param_space(),
-            tune_config=tune.TuneConfig(num_samples=exp.num_samples),
+            tune_config=tune_config(exp),
             run_config=run_config,
         )
+        if exp.is_search:
+            marlx_tune.write_spec(exp, path)
     results = tuner.fit()
+    if exp.is_search:
+        return results
     for res in results:
         if res.error:
             raise MarlxError(f"training of {exp.name!r} failed: {root_cause(res.error)} (details in {res.path}/error.txt)")
