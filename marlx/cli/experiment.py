@@ -95,8 +95,7 @@ class Experiment:
     @property
     def is_search(self) -> bool:
         """A search (a results table, a best trial) rather than one training run."""
-        return bool(self.search_space) or self.tune is not None and (
-            self.tune.num_samples > 1 or self.tune.scheduler[0] is not None)
+        return bool(self.search_space) or self.tune is not None
 
 
 def load_experiment_file(path: str) -> dict:
@@ -190,7 +189,7 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
     """
     from marlx._rllib import translate_config_key
     from marlx.callbacks import TeamMetricsCallback
-    from marlx.cli.tune import TuneMetricsCallback
+    from marlx.cli.tune_metrics import TuneMetricsCallback
     from marlx.envs.registry import VIEW_KEY, VIEWS, is_registered
     from marlx.optim.rllib_hooks import apply_optim
 
@@ -254,7 +253,8 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
     try:  # the algorithm's own checks, here in the driver rather than inside a Ray actor
         algo_config.validate()
     except (ValueError, TypeError, KeyError) as e:
-        raise MarlxError(f"{where} (of {algo_class.__name__}) is invalid: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # RLlib adds a how-to-suppress line
+        raise MarlxError(f"{where} (of {algo_class.__name__}) is invalid: {first}") from None
     return algo_config, notices
 
 
@@ -265,30 +265,40 @@ _SECTION_KEYS = {"env_config", "optim", "learner_config_dict"}
 
 
 def param_path(algo_class: type, path: tuple, where: str) -> tuple:
-    """A YAML config path (``("optim", "sam", "rho")``) -> its path in ``AlgorithmConfig.to_dict()``."""
+    """A YAML config path (``("optim", "sam", "rho")``) under ``where`` -> its path in ``AlgorithmConfig.to_dict()``;
+    unknown keys raise a ConfigKeyError with close matches."""
     from marlx._rllib import translate_config_key
 
     key = RENAMED_CONFIG_KEYS.get(path[0], path[0])
+    here = f"{where}.{'.'.join(map(str, path))}"
     if key == "env":
-        raise MarlxError(f"{where}: env cannot be searched; write one experiment per env")
+        raise MarlxError(f"{here}: env cannot be searched; write one experiment per env")
     if len(path) == 1 and key in _SECTION_KEYS:
-        raise MarlxError(f"{where}: search one option of {key}, e.g. {key}: {{size: {{grid_search: [4, 5]}}}}, "
+        raise MarlxError(f"{here}: search one option of {key}, e.g. {key}: {{size: {{grid_search: [4, 5]}}}}, "
                          f"not the whole section")
     if key in MARLX_SECTION_PATHS:
         return MARLX_SECTION_PATHS[key] + tuple(path[1:])
     if key in MARLX_CONFIG_KEYS:
-        raise MarlxError(f"{where}: search spaces inside {key}: are not supported; fix its values")
+        raise MarlxError(f"{here}: search spaces inside {key}: are not supported; fix its values")
     if key == "model_config":  # a read-only property; the dict lives in _model_config
         return ("_model_config",) + tuple(path[1:])
-    return (translate_config_key(algo_class.get_default_config(), key),) + tuple(path[1:])
+    default = algo_class.get_default_config()
+    translated = translate_config_key(default, key)
+    if not (hasattr(default, translated) or translated in _SPECIAL_CONFIG_KEYS):
+        valid = [k for k in vars(default) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
+        raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
+    _check_nested_path(algo_class, path, where)
+    return (translated,) + tuple(path[1:])
 
 
 def _check_nested_path(algo_class: type, path: tuple, where: str) -> None:
     """A nested path under a fixed-shape RLlib dict (e.g. replay_buffer_config.capacity) must exist in it."""
     if len(path) < 2 or path[0] in _SECTION_KEYS or path[0] in MARLX_CONFIG_KEYS:
         return  # env options are checked by building the env, optim options by the technique
-    default = algo_class.get_default_config().to_dict()
-    node = default.get(param_path(algo_class, path[:1], where)[0])
+    from marlx._rllib import translate_config_key
+
+    default = algo_class.get_default_config()
+    node = default.to_dict().get(translate_config_key(default, RENAMED_CONFIG_KEYS.get(path[0], path[0])))
     for depth, key in enumerate(path[1:], start=1):
         if not isinstance(node, dict) or not node:
             return  # a free-form dict (or a value RLlib accepts in its place)
@@ -313,8 +323,7 @@ def build_search(algo_class: type, env: str | None, config: dict, where: str, en
         return algo_config, {}, {}, {}, notices + more
     search_space, space_paths, space_yaml = {}, {}, {}
     for path, domain in spaces.items():
-        _check_nested_path(algo_class, path, where)
-        target = param_path(algo_class, path, f"{where}.{dotted(path)}")
+        target = param_path(algo_class, path, where)
         search_space[target] = domain
         space_paths[target] = dotted(path)
         space_yaml[dotted(path)] = get_path(config, path)
@@ -456,6 +465,31 @@ def _tune_settings(block: dict, algo_class: type, env, search: dict, ckpt: dict,
         map_path=lambda path, w: param_path(algo_class, tuple(path), w),
         has_grid="grid_search" in kinds, has_eval="eval" in kinds,
     )
+
+
+def apply_tune_overrides(data: dict, always: bool = False, **overrides) -> dict:
+    """Command-line ``tune:`` settings (``num_samples``, ``metric``, ``mode``, ``scheduler``, ``max_concurrent_trials``)
+    for every experiment of a loaded file: each given value replaces the file's; ``data`` changes in place.
+    ``scheduler`` may come with ``scheduler_config`` (a dict of its options, the classic ``--scheduler-config``).
+    ``always`` gives every experiment a ``tune:`` block (it is then run as a search, with a results table)."""
+    scheduler_config = overrides.pop("scheduler_config", None) or {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if scheduler_config and "scheduler" not in given:
+        raise MarlxError("--scheduler-config needs --scheduler NAME")
+    if "scheduler" in given:
+        given["scheduler"] = {"type": given["scheduler"], **scheduler_config} if scheduler_config else given["scheduler"]
+    if not given and not always:
+        return data
+    for block in data.values():
+        if isinstance(block, dict):
+            base = dict(block.get("tune") or {}) if isinstance(block.get("tune"), dict) else {}
+            old = base.get("scheduler")
+            block["tune"] = {**base, **given}
+            if isinstance(given.get("scheduler"), str) and isinstance(old, dict) and old.get("type") == given["scheduler"]:
+                block["tune"]["scheduler"] = old  # the same scheduler: the file's options stay
+            if "num_samples" in given:
+                block.pop("num_samples", None)
+    return data
 
 
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:

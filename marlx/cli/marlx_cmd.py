@@ -1,6 +1,7 @@
 """The ``marlx`` command.
 
     marlx train tuned_examples/qmix/push_box.yaml [--resume] [--stop JSON] [--config JSON] [--address auto]
+    marlx tune tuned_examples/qmix/push_box_search.yaml [EXPERIMENT ...] [--resume] [--num-samples N] [--summary DIR]
     marlx envs
     marlx algos
     marlx evaluate CHECKPOINT [--episodes N] [--video greedy.mp4 [--fps F]]
@@ -18,6 +19,13 @@ from marlx.cli.common import (
     add_evaluate_args, add_train_args, evaluate_command, file_with_overrides, prepare_process, run_command,
     train_experiments,
 )
+from marlx.cli.tune import add_tune_args
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from marlx.cli.tune import tune_command as run
+
+    return run(args)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -80,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", help="experiment file, e.g. tuned_examples/qmix/push_box.yaml")
     add_train_args(t)
     t.set_defaults(func=train_command)
+
+    tu = sub.add_parser("tune", help="hyper-parameter search: the experiments of a YAML file with search spaces and "
+                                     "a tune: block, ending with a results table and the best checkpoint")
+    add_tune_args(tu)
+    add_train_args(tu)
+    tu.set_defaults(func=tune_command)
 
     sub.add_parser("envs", help="list environment names, whether each is installed, and how to install it"
                    ).set_defaults(func=list_envs)

@@ -1,6 +1,7 @@
 """The ``rllib`` command that Ray 2.60 dropped, with its old syntax.
 
     rllib train file tuned_examples/qmix/push_box.yaml
+    rllib train file tuned_examples/qmix/push_box_search.yaml --scheduler asha --scheduler-config '{"grace_period": 5}'
     rllib train --algo PPO --env builtin/push_box --config '{"lr": 0.0003}' --stop '{"training_iteration": 5}'
     rllib evaluate CHECKPOINT --episodes 10
 """
@@ -17,6 +18,7 @@ from marlx.cli.common import (
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from marlx.cli.experiment import apply_tune_overrides
     from marlx.errors import MarlxError
 
     if args.file_kw is not None:
@@ -39,6 +41,8 @@ def train_command(args: argparse.Namespace) -> int:
         if args.env:
             block["env"] = args.env
         data, source = {name: block}, "command line"
+    apply_tune_overrides(data, num_samples=args.num_samples, scheduler=args.scheduler,
+                         scheduler_config=parse_json_arg(args.scheduler_config, "--scheduler-config"))
     return train_experiments(data, source, args.resume, args.address, args.storage_path)
 
 
@@ -52,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", "--run", dest="algo", help="algorithm name (RLlib's, marlx's) or import path")
     t.add_argument("--env", help="environment: marlx registry name or gymnasium id")
     t.add_argument("--name", default=None, help="experiment name (default: <algo>_<env>)")
+    t.add_argument("--num-samples", type=int, default=None, help="samples per grid point of the search space")
+    t.add_argument("--scheduler", default=None, help="Tune trial scheduler: fifo, asha, pbt, ... (the file's tune: "
+                                                     "block takes the same as tune.scheduler)")
+    t.add_argument("--scheduler-config", default=None, help="the scheduler's options as a JSON object")
     add_train_args(t)
     t.set_defaults(func=train_command)
 

@@ -79,7 +79,8 @@ def to_domain(value: dict, where: str, notices: list[str] | None = None):
         return value
     (form, args), = value.items()
     if form == ESCAPE_KEY:
-        return tune.sample_from(Literal(args)) if is_space(args) else args
+        tune_form = isinstance(args, dict) and len(args) == 1 and next(iter(args)) in ("grid_search", "eval")
+        return tune.sample_from(Literal(args)) if tune_form or isinstance(args, Domain) else args
     if form == OLD_GRID_KEY:
         if notices is not None:
             notices.append(f"{where}: 'grid' is an old name; write grid_search (used as grid_search)")
@@ -110,7 +111,10 @@ def to_domain(value: dict, where: str, notices: list[str] | None = None):
         raise MarlxError(f"{where}: lograndint needs lo >= 1, got {args!r}")
     if len(nums) == 3 and nums[2] <= 0:
         raise MarlxError(f"{where}: {form} needs q > 0, got {args!r}")
-    return getattr(tune, form)(*nums)
+    try:
+        return getattr(tune, form)(*nums)
+    except (ValueError, AssertionError) as e:  # e.g. quniform bounds that are no multiples of q
+        raise MarlxError(f"{where}: {form} {args!r} is invalid: {str(e).splitlines()[0]}") from None
 
 
 def find_spaces(config: Any, where: str, path: tuple = ()) -> Iterator[tuple[tuple, dict]]:
@@ -312,7 +316,7 @@ def _mutations(value: Any, where: str, map_path) -> dict:
         raise MarlxError(f"{where} must map config paths to a search space or a list, e.g. {{lr: {{loguniform: [1.0e-4, 1.0e-2]}}}}")
     out: dict = {}
     for key, spec in _flatten_paths(value):
-        path = map_path(key, where)
+        path = map_path(key, f"{where} path")
         if is_space(spec):
             spec = to_domain(spec, f"{where}.{dotted(key)}")
             if isinstance(spec, dict):
@@ -408,7 +412,7 @@ def _pbt_options(name: str, opts: dict, where: str, checkpoint_config: dict, map
             for path, spec in _flatten_paths(opts[key]):
                 if not (isinstance(spec, (list, tuple)) and len(spec) == 2 and spec[0] < spec[1]):
                     raise MarlxError(f"{where}: tune.scheduler.{key}.{dotted(path)} must be [lo, hi] with lo < hi")
-                set_path(bounds, map_path(path, where), list(spec))
+                set_path(bounds, map_path(path, f"{where}: tune.scheduler.{key} path"), list(spec))
             opts[key] = bounds
         else:
             opts[key] = _mutations(opts[key], f"{where}: tune.scheduler.{key}", map_path)

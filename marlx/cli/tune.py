@@ -15,9 +15,6 @@ import json
 import math
 import os
 import statistics
-from typing import Any
-
-from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from marlx.errors import MarlxError
 
@@ -25,48 +22,6 @@ SPEC_FILE, SUMMARY_CSV, SUMMARY_TXT, BEST_JSON = (
     "marlx_tune_spec.json", "marlx_tune_summary.csv", "marlx_tune_summary.txt", "marlx_tune_best.json")
 #: Exit code of a search in which some trials errored (the table is still printed).
 TRIALS_ERRORED_EXIT = 3
-
-
-class TuneMetricsCallback(RLlibCallback):
-    """Writes ``marlx/...`` keys into every training result: the latest success rate and return, the last value
-    carried forward (NaN before the first episode ends), so Tune's strict metric check and ASHA work from
-    iteration 1 even on iterations without evaluation or without a finished episode.
-
-    ``marlx/success_rate`` is the greedy evaluation success rate when the algorithm evaluates
-    (``evaluation_interval``), else the training one; ``marlx/return`` likewise.
-    """
-
-    KEYS = {
-        "train_success_rate": ("env_runners", "success_rate"),
-        "eval_success_rate": ("evaluation", "env_runners", "success_rate"),
-        "train_return": ("env_runners", "episode_return_mean"),
-        "eval_return": ("evaluation", "env_runners", "episode_return_mean"),
-    }
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._last = {key: float("nan") for key in self.KEYS}
-
-    def on_train_result(self, *, algorithm, metrics_logger=None, result: dict, **kwargs) -> None:
-        evaluates = bool(getattr(algorithm.config, "evaluation_interval", None))
-        result["marlx"] = carry_forward(self._last, result, evaluates)
-
-
-def carry_forward(last: dict, result: dict, evaluates: bool) -> dict:
-    """Update ``last`` from ``result`` (see :class:`TuneMetricsCallback`) and return the ``marlx`` result section."""
-    for key, path in TuneMetricsCallback.KEYS.items():
-        node: Any = result
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, (int, float)) and not (isinstance(node, float) and math.isnan(node)):
-            last[key] = float(node)
-    pick = "eval" if evaluates else "train"
-    return {
-        "success_rate": last[f"{pick}_success_rate"],
-        "return": last[f"{pick}_return"],
-        "eval_success_rate": last["eval_success_rate"],
-        "train_success_rate": last["train_success_rate"],
-    }
 
 
 # -- the results table ---------------------------------------------------------------------------------------------
@@ -281,10 +236,42 @@ def search_spec(exp) -> dict:
     }
 
 
+#: Spec entries that describe how to show a search, not what it is (not compared on resume).
+_VIEW_KEYS = ("name", "columns", "stop", "group_by_seed")
+
+
 def write_spec(exp, folder: str) -> None:
     os.makedirs(folder, exist_ok=True)
+    spec = {**search_spec(exp), "name": exp.name, "stop": exp.stop, "group_by_seed": exp.tune.group_by_seed,
+            "columns": [[label, list(path)] for path, label in exp.space_paths.items()]}
     with open(os.path.join(folder, SPEC_FILE), "w") as f:
-        json.dump(search_spec(exp), f, indent=1, sort_keys=True, default=str)
+        json.dump(spec, f, indent=1, sort_keys=True, default=str)
+
+
+def read_spec(folder: str) -> dict:
+    path = os.path.join(folder, SPEC_FILE)
+    if not os.path.isfile(path):
+        raise MarlxError(f"{folder} holds no marlx search ({SPEC_FILE} is missing); pass the experiment folder of a "
+                         "`marlx tune` run, e.g. runs/<experiment name>")
+    with open(path) as f:
+        return json.load(f)
+
+
+def view_from_spec(folder: str):
+    """What :func:`summarize` needs about a search, from the spec stored in its experiment folder."""
+    from types import SimpleNamespace
+
+    from marlx.cli.search_space import TuneSettings
+
+    spec = read_spec(folder)
+    t = spec["tune"]
+    settings = TuneSettings(metric=t["metric"], metric_name=t["metric"], mode=t["mode"], scope=t["scope"],
+                            num_samples=t["num_samples"], scheduler=(t["scheduler"][0], {}),
+                            group_by_seed=spec.get("group_by_seed", True))
+    folder = os.path.abspath(folder)
+    return SimpleNamespace(name=spec.get("name", os.path.basename(folder)), storage_path=os.path.dirname(folder),
+                           stop=spec.get("stop") or {}, tune=settings, algo_name=spec["run"],
+                           space_paths={tuple(path): label for label, path in spec.get("columns", [])})
 
 
 def check_spec(exp, folder: str, force: bool = False) -> None:
@@ -292,9 +279,64 @@ def check_spec(exp, folder: str, force: bool = False) -> None:
     if force or not os.path.isfile(path):
         return
     with open(path) as f:
-        stored = json.load(f)
+        stored = {k: v for k, v in json.load(f).items() if k not in _VIEW_KEYS}
     now = json.loads(json.dumps(search_spec(exp), sort_keys=True, default=str))
     if stored != now:
         diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
         raise MarlxError(f"{exp.name}: the file's {', '.join(diff)} differ from the run in {folder} that --resume "
                          "would continue; restore the file, use another --storage-path, or pass --force")
+
+
+# -- the command ---------------------------------------------------------------------------------------------------
+
+def select_experiments(data: dict, names: list[str], source: str) -> dict:
+    from marlx.errors import UnknownNameError
+
+    for name in names:
+        if name not in data:
+            raise UnknownNameError("experiment", name, [str(k) for k in data], hint=f"in {source}")
+    return {k: v for k, v in data.items() if not names or k in names}
+
+
+def summary_command(folder: str, address: str | None = None) -> int:
+    """The table of a finished or interrupted search, from its experiment folder, without training."""
+    from ray import tune
+
+    from marlx.cli.runner import init_ray
+
+    view = view_from_spec(folder)
+    init_ray(address)
+    from marlx.cli.experiment import resolve_algorithm
+
+    results = tune.Tuner.restore(os.path.abspath(folder), trainable=resolve_algorithm(view.algo_name)).get_results()
+    return summarize(results, view)
+
+
+def tune_command(args) -> int:
+    from marlx.cli.common import file_with_overrides, train_experiments
+    from marlx.cli.experiment import apply_tune_overrides
+
+    if args.summary:
+        if args.resume:
+            raise MarlxError("--summary prints a finished search; it cannot be combined with --resume")
+        return summary_command(args.summary, args.address)
+    if not args.file:
+        raise MarlxError("usage: marlx tune FILE.yaml [EXPERIMENT ...]  or  marlx tune --summary RUN_DIR")
+    data = select_experiments(file_with_overrides(args.file, args), args.experiments, args.file)
+    apply_tune_overrides(data, always=True, num_samples=args.num_samples, metric=args.metric, mode=args.mode,
+                         scheduler=args.scheduler, max_concurrent_trials=args.max_concurrent)
+    return train_experiments(data, args.file, args.resume, args.address, args.storage_path, force=args.force)
+
+
+def add_tune_args(p) -> None:
+    """The ``marlx tune`` flags beyond the shared training ones."""
+    p.add_argument("file", nargs="?", help="experiment file with search spaces, e.g. tuned_examples/qmix/push_box_search.yaml")
+    p.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="run only these experiments of the file")
+    p.add_argument("--num-samples", type=int, default=None, help="samples per grid point (tune.num_samples)")
+    p.add_argument("--metric", default=None, help="success_rate, eval_success_rate, return or a result path")
+    p.add_argument("--mode", choices=("max", "min"), default=None)
+    p.add_argument("--scheduler", default=None, help="fifo, asha, pbt, ... (its options stay in the file's tune:)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (tune.max_concurrent_trials)")
+    p.add_argument("--summary", metavar="RUN_DIR", default=None,
+                   help="print the table of a finished or interrupted search (its experiment folder); no training")
+    p.add_argument("--force", action="store_true", help="with --resume: continue although the file's search differs")
