@@ -17,6 +17,7 @@ def init_ray(address: str | None = None) -> None:
     import ray
 
     if ray.is_initialized():
+        _register_names()
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if address:
@@ -29,7 +30,11 @@ def init_ray(address: str | None = None) -> None:
             ) from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    # Env and algorithm names must be in Tune's registry (it is shared with the workers through Ray).
+    _register_names()
+
+
+def _register_names() -> None:
+    """Env and algorithm names must be in Tune's registry (it is shared with the workers through Ray)."""
     import marlx.envs.registry  # noqa: F401
     from marlx.algorithms import register_algorithms
 
