@@ -80,6 +80,11 @@ def _progress_callback():
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             print(f"{'[' + trial.trial_id + '] ' if len(trials) > 1 else ''}checkpoint: {checkpoint.path}", flush=True)
 
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if len(trials) > 1:  # a search: one line per finished (or scheduler-stopped) trial
+                it = (trial.last_result or {}).get("training_iteration", 0)
+                print(f"[{trial.trial_id}] trial ended at iteration {it}", flush=True)
+
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"trial {trial.trial_id} failed; its error is in {trial.local_path}/error.txt", flush=True)
 

@@ -70,6 +70,8 @@ def test_asha_grid_interrupt_resume_table_and_best_checkpoint(tmp_path, ray_sess
     out = res.stdout
     assert res.returncode == 0, out[-3000:] + res.stderr[-3000:]
     assert "resuming grid" in out and f"[{done_id}] iter" not in out  # the finished trial did not rerun
+    resumed = {line.split("]")[0][1:] for line in out.splitlines() if line.startswith("[") and "] iter " in line}
+    assert resumed and all(f"[{t}] trial ended at iteration 2" in out for t in resumed), out[-3000:]
 
     table = out[out.index("grid: 4 trials"):].splitlines()
     assert table[0].startswith("grid: 4 trials (") and f"metric {LEARNER_LR} (max, last)" in table[0]
