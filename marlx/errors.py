@@ -15,13 +15,17 @@ class MarlxError(Exception):
 class UnknownNameError(MarlxError, ValueError):
     """An algorithm, environment or option name that marlx does not know."""
 
+    #: Valid names listed in the message at most (the registry holds ~80 env names; close matches come first).
+    MAX_LISTED = 20
+
     def __init__(self, kind: str, name: str, valid: Iterable[str], hint: str = ""):
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
         msg = f"unknown {kind} {name!r}"
         if close:
             msg += f"; did you mean {', '.join(map(repr, close))}?"
-        msg += f" Valid {kind}s: {', '.join(valid)}"
+        shown = valid if len(valid) <= self.MAX_LISTED else valid[: self.MAX_LISTED] + [f"... ({len(valid) - self.MAX_LISTED} more)"]
+        msg += f" Valid {kind}s: {', '.join(shown)}"
         if hint:
             msg += f". {hint}"
         super().__init__(msg)

@@ -152,13 +152,19 @@ def resolve_algorithm(name: str) -> type:
     )
 
 
-def resolve_env(name: str) -> str:
-    """``env:`` value -> the name RLlib gets. marlx registry names and gymnasium ids pass."""
-    from marlx.envs.registry import env_names, get_spec
+def resolve_env(name: str, team: bool = False) -> str:
+    """``env:`` value -> the name RLlib gets. marlx registry names and gymnasium ids pass; ``module:attr`` is a
+    gymnasium id registered by ``module`` (made by marlx's multi-agent adapter) or a TeamEnv class or factory,
+    registered on the fly. ``team``: the algorithm needs a team env (then nothing else is accepted)."""
+    from marlx.envs.registry import env_names, get_spec, import_path_spec, is_registered, register_env
 
     if not isinstance(name, str) or not name:
         raise MarlxError("experiment key 'env' must name an environment, e.g. env: builtin/push_box")
-    if name in env_names():
+    if not is_registered(name) and ":" in name:
+        spec = import_path_spec(name, strict=team)
+        if spec is not None:
+            register_env(spec, overwrite=True)
+    if is_registered(name):
         spec = get_spec(name)
         missing = spec.missing()
         if missing:
@@ -168,13 +174,14 @@ def resolve_env(name: str) -> str:
         return name
     import gymnasium as gym
 
-    if name in gym.envs.registry:
+    if name in gym.envs.registry:  # a team algorithm refuses it with its own message
         return name
-    if ":" in name and _import_path(name) is not None:  # an env class by import path
+    if not team and ":" in name and _import_path(name) is not None:  # an env class by import path
         return name
-    raise UnknownNameError(
-        "env", name, env_names(), hint="gymnasium ids (e.g. CartPole-v1) work too; `marlx envs` lists marlx's"
-    )
+    hint = "`marlx envs` lists them; 'module:GymId' or 'module:TeamEnvClass' works too"
+    if not team:
+        hint += "; gymnasium ids (e.g. CartPole-v1) too"
+    raise UnknownNameError("env", name, env_names(), hint=hint)
 
 
 def is_team_algorithm(cls: type) -> bool:
@@ -221,6 +228,8 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if not isinstance(model_config, dict):
             raise MarlxError(f"{where}.model_config must be a mapping")
         algo_config.rl_module(model_config=model_config)
+    if env is not None:
+        env = resolve_env(env, team=is_team_algorithm(algo_class))
     if is_team_algorithm(algo_class) and (env is None or not is_registered(env)):
         from marlx.envs.registry import env_names
 
@@ -229,7 +238,6 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
             f"Use a registered name (`marlx envs`), e.g. {', '.join(env_names()[:3])}"
         )
     if env is not None:
-        env = resolve_env(env)
         env_config = dict(algo_config.env_config or {})
         view = env_config.get(VIEW_KEY, "team")
         if view not in VIEWS or (is_team_algorithm(algo_class) and view != "team"):

@@ -233,16 +233,11 @@ def make_grf(scenario: str = "academy_3_vs_1_with_keeper", **kwargs: Any) -> GRF
 
 def grf_specs() -> list:
     """One registry entry per gfootball scenario (no gfootball import: listing stays cheap)."""
-    from marlx.envs.registry import EnvSpec
+    from marlx.envs.spec import family_specs
 
-    return [
-        EnvSpec(
-            f"grf/{name}",
-            "marlx.envs.grf:make_grf",
-            defaults={"scenario": name},
-            requires=("gfootball",),
-            install=INSTALL,
-            description=f"Google Research Football {name}, {n} controlled players (reward scoring|scoring,checkpoints|sparse)",
-        )
-        for name, n in GRF_SCENARIOS.items()
-    ]
+    return family_specs(
+        "grf", "marlx.envs.grf:make_grf",
+        {name: f"Google Research Football {name}, {n} controlled players (reward scoring|scoring,checkpoints|sparse)"
+         for name, n in GRF_SCENARIOS.items()},
+        key="scenario", requires=("gfootball",), install=INSTALL,
+    )

@@ -85,7 +85,7 @@ class PettingZooTeamEnv(AgentDictTeamEnv):
             success = bool(self.success_fn(self.env, infos))
         else:
             success = any(isinstance(v, dict) and v.get("success") for v in infos.values())
-        return reward, terminated, {"success": success}
+        return reward, terminated, ({"success": success} if self.reports_success else {})
 
     def get_state(self):
         if self._has_state:
@@ -107,7 +107,7 @@ def make_mpe(scenario: str = "simple_spread", max_cycles: int = 25, team_reward:
     """An MPE scenario from ``mpe2`` as a team (discrete actions, agent positions included).
 
     ``kwargs`` go to the scenario's ``parallel_env`` (e.g. ``N=3, local_ratio=0.5`` for simple_spread).
-    MPE tasks have no success condition; ``info["success"]`` stays False.
+    MPE tasks have no success condition: the team reports none (``reports_success = False``).
     """
     import importlib
 
@@ -119,4 +119,6 @@ def make_mpe(scenario: str = "simple_spread", max_cycles: int = 25, team_reward:
         except ModuleNotFoundError as e:
             raise ValueError(f"mpe2 has no scenario {scenario!r}") from e
     env = module.parallel_env(max_cycles=max_cycles, continuous_actions=False, **kwargs)
-    return PettingZooTeamEnv(env, episode_limit=max_cycles, team_reward=team_reward, positions_fn=_mpe_positions)
+    team = PettingZooTeamEnv(env, episode_limit=max_cycles, team_reward=team_reward, positions_fn=_mpe_positions)
+    team.reports_success = False
+    return team

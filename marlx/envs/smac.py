@@ -174,16 +174,11 @@ def make_smac(map_name: str = "3m", **kwargs: Any) -> SMACTeamEnv:
 
 def smac_specs() -> list:
     """One registry entry per SMAC map (nothing imported: listing stays cheap)."""
-    from marlx.envs.registry import EnvSpec
+    from marlx.envs.spec import family_specs
 
-    return [
-        EnvSpec(
-            f"smac/{name}",
-            "marlx.envs.smac:make_smac",
-            defaults={"map_name": name},
-            requires=("smac",),
-            install=INSTALL,
-            description=f"StarCraft II SMAC {name}: {a} vs {e} units, limit {limit} (needs SC2PATH)",
-        )
-        for name, (a, e, limit) in SMAC_MAPS.items()
-    ]
+    return family_specs(
+        "smac", "marlx.envs.smac:make_smac",
+        {name: f"StarCraft II SMAC {name}: {a} vs {e} units, limit {limit} (needs SC2PATH)"
+         for name, (a, e, limit) in SMAC_MAPS.items()},
+        key="map_name", requires=("smac",), install=INSTALL,
+    )

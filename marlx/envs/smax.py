@@ -360,16 +360,11 @@ def make_smax(map_name: str = "3m", reward: str = "dense", num_envs: int | None 
 
 def smax_specs() -> list:
     """One registry entry per SMAX map (kept free of jax imports: the registry lists them cheaply)."""
-    from marlx.envs.registry import EnvSpec
+    from marlx.envs.spec import family_specs
 
-    return [
-        EnvSpec(
-            f"smax/{name}",
-            "marlx.envs.smax:make_smax",
-            defaults={"map_name": name},
-            requires=("jaxmarl", "jax"),
-            install=INSTALL,
-            description=f"SMAX {name}: {a} allies vs {e} heuristic enemies (JAX on CPU; reward dense|sparse)",
-        )
-        for name, (a, e) in SMAX_MAPS.items()
-    ]
+    return family_specs(
+        "smax", "marlx.envs.smax:make_smax",
+        {name: f"SMAX {name}: {a} allies vs {e} heuristic enemies (JAX on CPU; reward dense|sparse)"
+         for name, (a, e) in SMAX_MAPS.items()},
+        key="map_name", requires=("jaxmarl", "jax"), install=INSTALL,
+    )

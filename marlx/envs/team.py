@@ -9,7 +9,8 @@ the available-action masks and the joint action. A :class:`TeamEnv` gives exactl
 * action: ``MultiDiscrete([n_actions] * n_agents)`` (the joint action);
 * reward: the team reward (a float); ``terminated`` and ``truncated`` kept apart (a time limit
   truncates, it never terminates);
-* ``info["success"]``: whether the team solved the task in this episode (the last step's value counts).
+* ``info["success"]``: whether the team solved the task in this episode (the last step's value counts);
+  an env whose task has no success criterion sets ``reports_success = False`` and leaves it out.
 
 Subclasses implement :meth:`_reset` and :meth:`_step` on numpy arrays; the base class assembles the
 observation dict, checks the joint action and counts the episode limit.
@@ -43,6 +44,8 @@ class TeamEnv(gym.Env):
     episode_limit: int
     position_dim: int = 0
     state_names: list[str] | None = None
+    #: Whether ``info`` carries ``success`` (False: the task has no success criterion; no success rate is logged).
+    reports_success: bool = True
 
     def __init__(self) -> None:
         spaces = {
@@ -102,7 +105,8 @@ class TeamEnv(gym.Env):
         self._t = 0
         self._env_truncated = False
         info = self._reset(self.np_random, options)
-        info.setdefault("success", False)
+        if self.reports_success:
+            info.setdefault("success", False)
         return self.team_obs(), info
 
     def step(self, action):
@@ -116,7 +120,8 @@ class TeamEnv(gym.Env):
         self._t += 1
         # A time limit truncates (bootstrap continues); a wrapped env may also truncate by itself.
         truncated = (not terminated) and (self._t >= self.episode_limit or self._env_truncated)
-        info.setdefault("success", False)
+        if self.reports_success:
+            info.setdefault("success", False)
         return self.team_obs(), float(reward), bool(terminated), bool(truncated), info
 
     def env_info(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def test_team_view_conformance(name):
     assert obs[AVAIL].shape == (env.n_agents, env.n_actions)
     assert (POSITIONS in obs) == bool(env.position_dim)
     assert env.action_space.nvec.tolist() == [env.n_actions] * env.n_agents
-    assert "success" in info
+    assert ("success" in info) == env.reports_success
     if env.state_names is not None:
         assert len(env.state_names) == env.state_dim
     rng = np.random.default_rng(0)
