@@ -37,7 +37,10 @@ EXPERIMENT_KEYS = {
     "tune": "Ray Tune search settings: metric, mode, scope, scheduler, search_alg, num_samples, ...",
     "stop_reward": "shorthand for stop: {env_runners/episode_return_mean: X}",
     "local_dir": "old name of storage_path",
+    "imports": "modules imported first, e.g. [my_pkg.envs] (their register_env calls; also on remote env runners)",
 }
+#: A file-level key (next to the experiments): modules every experiment of the file imports first.
+FILE_IMPORTS_KEY = "imports"
 
 # Keys that RLlib's update_from_dict understands although they are no attributes of the config.
 _SPECIAL_CONFIG_KEYS = {"multiagent", "callbacks_class", "env_config", "model", "optimizer", "replay_buffer_config",
@@ -188,16 +191,18 @@ def is_team_algorithm(cls: type) -> bool:
     return bool(getattr(cls, "marlx_team_algorithm", False))
 
 
-def build_config(algo_class: type, env: str | None, config: dict, where: str = "config", check_env: bool = True):
+def build_config(algo_class: type, env: str | None, config: dict, where: str = "config", check_env: bool = True,
+                 imports: list | tuple = ()):
     """A validated AlgorithmConfig for ``algo_class`` from a classic config dict without search spaces
-    (:func:`build_search` resolves those). ``check_env`` builds the env once to check its options.
+    (:func:`build_search` resolves those). ``check_env`` builds the env once to check its options. ``imports``:
+    modules imported for this experiment; a marlx env's config carries them so that remote env runners import them.
 
     Returns ``(config, notices)``.
     """
     from marlx._rllib import translate_config_key
     from marlx.callbacks import TeamMetricsCallback
     from marlx.cli.tune_metrics import TuneMetricsCallback
-    from marlx.envs.registry import VIEW_KEY, VIEWS, is_registered
+    from marlx.envs.registry import IMPORTS_KEY, VIEW_KEY, VIEWS, is_registered
     from marlx.optim.rllib_hooks import apply_optim
 
     if not isinstance(config, dict):
@@ -247,6 +252,8 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
             env_config.setdefault(VIEW_KEY, "multi_agent")
             if env_config[VIEW_KEY] == "multi_agent" and not algo_config.is_multi_agent:
                 algo_config.multi_agent(policies={"shared"}, policy_mapping_fn=_shared_policy)
+        if imports and is_registered(env):
+            env_config[IMPORTS_KEY] = list(imports)
         algo_config.environment(env, env_config=env_config)
         if check_env:
             _check_env_config(env, env_config)
@@ -315,7 +322,8 @@ def _check_nested_path(algo_class: type, path: tuple, where: str) -> None:
         node = node[key]
 
 
-def build_search(algo_class: type, env: str | None, config: dict, where: str, env_checks: int = 8):
+def build_search(algo_class: type, env: str | None, config: dict, where: str, env_checks: int = 8,
+                 imports: list | tuple = ()):
     """A config with search spaces -> ``(config, search_space, space_paths, space_yaml, notices)``.
 
     Every path is checked, then Tune's variant generator samples the space once (each grid point, random domains
@@ -327,7 +335,7 @@ def build_search(algo_class: type, env: str | None, config: dict, where: str, en
     notices: list[str] = []
     space, spaces = convert(config, where, notices)
     if not spaces:
-        algo_config, more = build_config(algo_class, env, config, where=where)
+        algo_config, more = build_config(algo_class, env, config, where=where, imports=imports)
         return algo_config, {}, {}, {}, notices + more
     search_space, space_paths, space_yaml = {}, {}, {}
     for path, domain in spaces.items():
@@ -342,7 +350,7 @@ def build_search(algo_class: type, env: str | None, config: dict, where: str, en
         if check_env:
             checked_envs.append(env_config)
         try:
-            algo_config, more = build_config(algo_class, env, variant, where=where, check_env=check_env)
+            algo_config, more = build_config(algo_class, env, variant, where=where, check_env=check_env, imports=imports)
         except ConfigKeyError:
             raise  # a misspelt key: the same in every variant
         except MarlxError as e:
@@ -370,11 +378,11 @@ def _callback_classes(algo_config) -> list:
 
 def _check_env_config(env: str, env_config: dict) -> None:
     """Create the env once in the driver so that a bad env_config key fails here, clearly."""
-    from marlx.envs.registry import VIEW_KEY, is_registered, make_env
+    from marlx.envs.registry import MARLX_ENV_KEYS, is_registered, make_env
 
     if is_registered(env):
         try:
-            make_env(env, **{k: v for k, v in env_config.items() if k != VIEW_KEY}).close()
+            make_env(env, **{k: v for k, v in env_config.items() if k not in MARLX_ENV_KEYS}).close()
         except MarlxError:
             raise
         except (ValueError, TypeError) as e:
@@ -501,7 +509,14 @@ def apply_tune_overrides(data: dict, always: bool = False, **overrides) -> dict:
 
 
 def parse_experiments(data: dict, source: str = "experiment file", storage_path: str | None = None) -> list[Experiment]:
-    """Resolve every experiment of a loaded file; raises MarlxError on the first problem."""
+    """Resolve every experiment of a loaded file; raises MarlxError on the first problem.
+
+    A file-level ``imports: [module, ...]`` and an experiment's own ``imports:`` are imported before its names are
+    resolved, so that ``register_env`` calls in the user's package take effect."""
+    from marlx.envs.registry import import_modules
+
+    data = dict(data)
+    file_imports = import_modules(data.pop(FILE_IMPORTS_KEY), f"{source}: imports") if FILE_IMPORTS_KEY in data else []
     experiments = []
     for name, block in data.items():
         where = f"{source}: {name}"
@@ -515,6 +530,7 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
         for key, kind in (("config", dict), ("stop", dict), ("checkpoint_config", dict)):
             if block.get(key) is not None and not isinstance(block[key], kind):
                 raise MarlxError(f"{where}: '{key}' must be a mapping, got {type(block[key]).__name__}")
+        imports = file_imports + (import_modules(block["imports"], f"{where}: imports") if "imports" in block else [])
         algo_class = resolve_algorithm(block["run"])
         config_dict = dict(block.get("config") or {})
         env = block.get("env", config_dict.get("env"))
@@ -524,7 +540,8 @@ def parse_experiments(data: dict, source: str = "experiment file", storage_path:
             if "seed" in config_dict:
                 seed_notes.append(f"{where}: seeds {block['seeds']} replace config.seed {config_dict['seed']}")
             config_dict["seed"] = seed_grid(block["seeds"], where)
-        config, search, space_paths, space_yaml, notices = build_search(algo_class, env, config_dict, where=f"{name}.config")
+        config, search, space_paths, space_yaml, notices = build_search(algo_class, env, config_dict,
+                                                                         where=f"{name}.config", imports=imports)
         notices += seed_notes
         stop = dict(block.get("stop") or {})
         if "stop_reward" in block:
