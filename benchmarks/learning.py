@@ -141,6 +141,8 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
            "env_steps": [], "wall_s": [], "steps_to_threshold": []}
     for s in range(seeds):
         curve = eval_curve(rows, s)
+        if not curve:  # the budget ended before the first greedy evaluation
+            curve = [{**[r for r in rows if r["seed"] == s][-1], "eval_success": float("nan")}]
         final = curve[-1]
         cut = 0.75 * max(r["env_steps"] for r in rows if r["seed"] == s)
         reached = [r["env_steps"] for r in curve if r["eval_success"] >= threshold]
@@ -153,6 +155,49 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
         out["wall_s"].append(final["wall_s"])
         out["steps_to_threshold"].append(reached[0] if reached else None)
     return out
+
+
+def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max_env_steps: int | None,
+            threshold: float, out: str, example: str | None = None) -> dict:
+    """Run the tuned examples of ``algos`` on one task (``env_config`` replaces the examples' when given) for
+    ``seeds`` seeds side by side as Ray tasks; write the CSV and PNG under ``out`` and return the per-algorithm
+    summaries with the random-play baseline measured on the same task."""
+    import ray
+
+    import marlx.envs.registry  # noqa: F401
+
+    exps = {}
+    for algo in algos:
+        path = example or default_example(algo, env)
+        _, exp = load_example(path)
+        exp.setdefault("env", env)
+        if env_config is not None:
+            exp["config"]["env_config"] = dict(env_config)
+        exps[algo] = (path, exp)
+    env_configs = {json.dumps(e["config"].get("env_config", {}), sort_keys=True) for _, e in exps.values()}
+    if len(env_configs) > 1:
+        raise ValueError(f"the examples use different tasks {sorted(env_configs)}: pass --env-config to compare on one")
+    first = next(iter(exps.values()))[1]
+    env_config = first["config"].get("env_config", {})
+    rand_rate, rand_return = random_success(first["env"], env_config)
+    # seeds (and algorithms) run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
+    ray.init(num_cpus=max(2, seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(_run_seed_task)
+    futures = {algo: [remote.remote(exp, s, max_env_steps) for s in range(seeds)] for algo, (_, exp) in exps.items()}
+    rows_by_algo = {algo: [row for part in ray.get(f) for row in part] for algo, f in futures.items()}
+    ray.shutdown()
+
+    os.makedirs(out, exist_ok=True)
+    stem = f"learning_{'_vs_'.join(a.lower() for a in algos)}_{first['env'].replace('/', '_')}"
+    with open(os.path.join(out, stem + ".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["algo"] + list(next(iter(rows_by_algo.values()))[0]))
+        writer.writeheader()
+        for algo, rows in rows_by_algo.items():
+            writer.writerows({"algo": algo, **r} for r in rows)
+    plot(rows_by_algo, os.path.join(out, stem + ".png"), f"{' vs '.join(algos)} on {first['env']} {env_config}", rand_rate)
+    summary = {algo: summarise(rows, seeds, threshold) for algo, rows in rows_by_algo.items()}
+    return {"summary": summary, "first": first, "env_config": env_config, "exps": exps, "stem": stem,
+            "random_success": rand_rate, "random_return": rand_return}
 
 
 def main() -> None:
@@ -168,44 +213,17 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args()
 
-    import ray
-
-    import marlx.envs.registry  # noqa: F401
-
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if args.example and len(algos) > 1:
         p.error("--example names one file: use it with one --algo")
-    exps = {}
-    for algo in algos:
-        path = args.example or default_example(algo, args.env)
-        _, exp = load_example(path)
-        exp.setdefault("env", args.env)
-        if args.env_config:
-            exp["config"]["env_config"] = json.loads(args.env_config)
-        exps[algo] = (path, exp)
-    env_configs = {json.dumps(e["config"].get("env_config", {}), sort_keys=True) for _, e in exps.values()}
-    if len(env_configs) > 1:
-        p.error(f"the examples use different tasks {sorted(env_configs)}: pass --env-config to compare on one")
-    first = next(iter(exps.values()))[1]
-    env_config = first["config"].get("env_config", {})
-    rand_rate, rand_return = random_success(first["env"], env_config)
-    # seeds (and algorithms) run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
-    ray.init(num_cpus=max(2, args.seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
-    remote = ray.remote(num_cpus=1)(_run_seed_task)
-    futures = {algo: [remote.remote(exp, s, args.max_env_steps) for s in range(args.seeds)] for algo, (_, exp) in exps.items()}
-    rows_by_algo = {algo: [row for part in ray.get(f) for row in part] for algo, f in futures.items()}
-    ray.shutdown()
+    try:
+        run = compare(algos, args.env, json.loads(args.env_config) if args.env_config else None, args.seeds,
+                      args.max_env_steps, args.threshold, args.out, example=args.example)
+    except ValueError as e:
+        p.error(str(e))
+    summary, first, env_config, exps = run["summary"], run["first"], run["env_config"], run["exps"]
+    rand_rate, rand_return, stem = run["random_success"], run["random_return"], run["stem"]
 
-    os.makedirs(args.out, exist_ok=True)
-    stem = f"learning_{'_vs_'.join(a.lower() for a in algos)}_{first['env'].replace('/', '_')}"
-    with open(os.path.join(args.out, stem + ".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["algo"] + list(next(iter(rows_by_algo.values()))[0]))
-        writer.writeheader()
-        for algo, rows in rows_by_algo.items():
-            writer.writerows({"algo": algo, **r} for r in rows)
-    plot(rows_by_algo, os.path.join(args.out, stem + ".png"), f"{' vs '.join(algos)} on {first['env']} {env_config}", rand_rate)
-
-    summary = {algo: summarise(rows, args.seeds, args.threshold) for algo, rows in rows_by_algo.items()}
     print(f"{'algo':>6} {'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} "
           f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14}")
     for algo, sm in summary.items():
