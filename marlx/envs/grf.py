@@ -4,7 +4,10 @@ The team controls ``n_agents`` left players (the ``number_of_left_players_agent_
 gfootball; which players those are is up to the engine, ``info`` names them). Per step:
 
 * obs ``(n_agents, obs_dim)``: the chosen representation, ``simple115v2`` (115 floats per player) by
-  default, ``simple115``, or ``extracted`` (the 72 x 96 x 4 super-mini-map, flattened);
+  default, ``simple115``, ``extracted`` (the 72 x 96 x 4 super-mini-map, flattened), or ``ego``: the
+  ego-centric vector of the CDS/FoX GRF envs (:func:`ego_observation`; 26 floats for
+  ``academy_3_vs_1_with_keeper``). gfootball's simple115 rows of the agents differ only in the
+  "active player" one-hot, so per-agent differences carry no formation; ``ego`` rows do (FoX needs it);
 * state ``(104,)``: simple115v2 of the raw observation without the "active player" one-hot: both
   teams' positions and directions (11 slots each, -1 where a team has fewer players), ball position,
   direction, owner one-hot and game-mode one-hot; named in ``state_names``;
@@ -63,7 +66,10 @@ GRF_SCENARIOS: dict[str, int] = {
     "11_vs_11_stochastic": 10,
 }
 REWARDS = ("scoring", "scoring,checkpoints", "sparse")
-REPRESENTATIONS = ("simple115v2", "simple115", "extracted")
+REPRESENTATIONS = ("simple115v2", "simple115", "extracted", "ego")
+#: Opponents the ego view keeps where the CDS/FoX env keeps fewer than the whole right team
+#: (FoX ``FOX_GRF/envs/grf/academy_counterattack_hard.py``: the first 3 right players, obs_dim 34).
+EGO_OPPONENTS = {"academy_counterattack_hard": 3}
 SPARSE_EPISODE_LIMIT = 150
 SPARSE_GOAL_REWARD = 100.0
 INSTALL = "bash scripts/install_grf.sh  (system packages + pip build of gfootball==2.10.2; ~8 min)"
@@ -91,13 +97,52 @@ def _import_gfootball():
     return football_env, Simple115StateWrapper
 
 
+def ego_dim(n_agents: int, n_opponents: int) -> int:
+    """Length of the ego-centric observation: ``4 n + 4 m + 6`` (26 for 3 agents against 2 players)."""
+    return 4 * n_agents + 4 * n_opponents + 6
+
+
+def ego_observation(raw: dict, n_agents: int, n_opponents: int | None = None) -> np.ndarray:
+    """The CDS/FoX ego-centric observations of all agents from one raw gfootball observation dict.
+
+    The team is the last ``n_agents`` left players (CDS/FoX's ``left_team[-n_agents:]``; agent i is slot
+    ``-n_agents + i``), the opponents the first ``n_opponents`` right players (all by default). Agent i's row,
+    as ``get_simple_obs(i)`` of FoX's ``FOX_GRF/envs/grf/academy_3_vs_1_with_keeper.py`` builds it:
+
+    * its own position (2), the other team members' positions relative to it (2 (n-1), team order);
+    * its own direction (2), the other members' directions (2 (n-1));
+    * the opponents' positions relative to it (2 m), their directions (2 m);
+    * the ball's (x, y) relative to it (2), the ball's height z (1), the ball's direction (3).
+
+    Returns ``(n_agents, 4 n + 4 m + 6)`` float32.
+    """
+    left = np.asarray(raw["left_team"], np.float64)[-n_agents:]
+    left_dir = np.asarray(raw["left_team_direction"], np.float64)[-n_agents:]
+    m = len(raw["right_team"]) if n_opponents is None else int(n_opponents)
+    right = np.asarray(raw["right_team"], np.float64)[:m]
+    right_dir = np.asarray(raw["right_team_direction"], np.float64)[:m]
+    ball = np.asarray(raw["ball"], np.float64)
+    ball_dir = np.asarray(raw["ball_direction"], np.float64)
+    rows = []
+    for i in range(n_agents):
+        ego = left[i]
+        others = np.delete(np.arange(n_agents), i)
+        rows.append(np.concatenate([
+            ego, (left[others] - ego).reshape(-1), left_dir[i], left_dir[others].reshape(-1),
+            (right - ego).reshape(-1), right_dir.reshape(-1), ball[:2] - ego, ball[2:3], ball_dir,
+        ]))
+    return np.asarray(rows, np.float32).reshape(n_agents, ego_dim(n_agents, m))
+
+
 class GRFTeamEnv(TeamEnv):
     """A gfootball scenario as a team (see the module docstring).
 
     Args:
         scenario: a gfootball scenario name (``GRF_SCENARIOS``).
         n_agents: left players the team controls (default: ``GRF_SCENARIOS[scenario]``).
-        representation: ``"simple115v2"``, ``"simple115"`` or ``"extracted"``.
+        representation: ``"simple115v2"``, ``"simple115"``, ``"extracted"`` or ``"ego"`` (CDS/FoX's
+            ego-centric vectors, :func:`ego_observation`; the engine runs with simple115v2 underneath).
+        ego_opponents: right players in the ``ego`` view (default: ``EGO_OPPONENTS`` or the whole right team).
         reward: ``"scoring"``, ``"scoring,checkpoints"`` or ``"sparse"`` (FoX/CDS).
         episode_limit: steps before truncation; default 150 for ``"sparse"``, else the scenario's
             ``game_duration`` (400 for academy tasks, 3000 for full games).
@@ -116,6 +161,7 @@ class GRFTeamEnv(TeamEnv):
         episode_limit: int | None = None,
         team_reward: str = "mean",
         other_config_options: dict | None = None,
+        ego_opponents: int | None = None,
     ):
         if scenario not in GRF_SCENARIOS:
             from marlx.errors import UnknownNameError
@@ -131,10 +177,11 @@ class GRFTeamEnv(TeamEnv):
         from gfootball.env import config as gf_config
 
         self.scenario, self.reward_mode, self.team_reward = scenario, reward, team_reward
+        self.representation = representation
         self.n_agents = int(n_agents or GRF_SCENARIOS[scenario])
         self.env = football_env.create_environment(
             env_name=scenario,
-            representation=representation,
+            representation="simple115v2" if representation == "ego" else representation,
             rewards="scoring" if reward == "sparse" else reward,
             number_of_left_players_agent_controls=self.n_agents,
             render=False,
@@ -143,12 +190,19 @@ class GRFTeamEnv(TeamEnv):
             other_config_options=dict(other_config_options or {}),
         )
         self._config = self.env.unwrapped._config  # gfootball's Config, read at every reset
-        game_duration = int(gf_config.Config({"level": scenario}).ScenarioConfig().game_duration)
+        scenario_cfg = gf_config.Config({"level": scenario}).ScenarioConfig()
+        game_duration = int(scenario_cfg.game_duration)
         if episode_limit is None:
             episode_limit = SPARSE_EPISODE_LIMIT if reward == "sparse" else game_duration
         self.episode_limit = int(episode_limit)
         self.n_actions = int(self.env.action_space.nvec[0]) if self.n_agents > 1 else int(self.env.action_space.n)
         self.obs_dim = int(np.prod(self.env.observation_space.shape[1:] if self.n_agents > 1 else self.env.observation_space.shape))
+        self.ego_opponents = None
+        if representation == "ego":
+            n_right = len(scenario_cfg.right_team)
+            m = ego_opponents if ego_opponents is not None else EGO_OPPONENTS.get(scenario, n_right)
+            self.ego_opponents = int(min(m, n_right))
+            self.obs_dim = ego_dim(self.n_agents, self.ego_opponents)
         self.state_dim = STATE_DIM
         self.state_names = _state_names()
         self._obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
@@ -157,8 +211,11 @@ class GRFTeamEnv(TeamEnv):
 
     # -- raw observation helpers ----------------------------------------------------------------
     def _ingest(self, obs) -> None:
-        self._obs = np.asarray(obs, np.float32).reshape(self.n_agents, self.obs_dim)
         self._raw = self.env.unwrapped.observation()
+        if self.representation == "ego":
+            self._obs = ego_observation(self._raw[0], self.n_agents, self.ego_opponents)
+        else:
+            self._obs = np.asarray(obs, np.float32).reshape(self.n_agents, self.obs_dim)
 
     def _active(self) -> list[int]:
         return [int(r["active"]) for r in self._raw]

@@ -18,7 +18,9 @@ replay counts and looks up the same keys.
 
 from __future__ import annotations
 
+import logging
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -27,6 +29,11 @@ from marlx.intrinsic.base import IntrinsicReward, register_intrinsic
 from marlx.intrinsic.fox_formation import FormationCounter, FormationKeyer, count_bonus
 from marlx.intrinsic.fox_vae import AwarenessNormaliser, FormationVAE
 from marlx.runtime.columns import MASK
+
+logger = logging.getLogger(__name__)
+
+#: A batch of at least this many formations that yields one distinct key triggers the degenerate-key warning.
+SINGLE_KEY_MIN_STEPS = 16
 
 FOX_KEYS, FOX_FAR, FOX_NEAR, FOX_COUNT_BONUS = "fox_keys", "fox_far", "fox_near", "fox_count_bonus"
 #: Per-step hidden states ``[B, T+1, n, H]`` in the forward output of FoX's module.
@@ -79,6 +86,7 @@ class FoXCount(IntrinsicReward):
         super().__init__({**COUNT_DEFAULTS, **options}, observation_space, action_space, model_config, where)
         self.counter = FormationCounter()
         self.keyer: FormationKeyer | None = None
+        self._warned = False
         self.dtype = np.dtype(self.options["replay_obs_dtype"])
 
     def _vectors(self, obs: dict) -> np.ndarray:
@@ -94,12 +102,29 @@ class FoXCount(IntrinsicReward):
         return self.keyer.keys_and_index_sets(vectors)
 
     def observe(self, episodes: list) -> None:
+        batch_keys = []
         for ep in episodes:
             if ep.start_t == 0:  # every formation of the episode, F_0 .. F_T
                 keys, _, _ = self._keys(self._vectors(ep.obs))
             else:  # a later chunk (fragment mode): its first observation was counted with the previous chunk
                 keys, _, _ = self._keys(self._vectors({k: v[1:] for k, v in ep.obs.items()}))
             self.counter.update(keys)
+            batch_keys.append(keys.reshape(-1, keys.shape[-1]))
+        self._check_degenerate(batch_keys)
+
+    def _check_degenerate(self, batch_keys: list) -> None:
+        """Warn (once) when a collected batch of >= ``SINGLE_KEY_MIN_STEPS`` formations has a single key."""
+        if self._warned or not batch_keys:
+            return
+        flat = np.concatenate(batch_keys)
+        if len(flat) >= SINGLE_KEY_MIN_STEPS and len(np.unique(flat, axis=0)) == 1:
+            self._warned = True
+            msg = (f"FoX: all {len(flat)} formations of this batch have the same key: the agents' "
+                   f"{self.options['formation_source']} vectors carry no formation (e.g. rows that differ only in a "
+                   "one-hot); use an observation whose per-agent differences encode positions (GRF: env_config "
+                   "representation: ego) or formation_source: positions")
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def annotate(self, batch: dict) -> None:
         keys, far, near = self._keys(self._vectors(batch))

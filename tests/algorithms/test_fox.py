@@ -118,3 +118,54 @@ def test_formation_head_samples_z_by_default_and_mean_is_deterministic():
     sampled(x, h)[0].sum().backward()
     assert all(p.grad is None for p in sampled.encoder.parameters())
     assert sampled.formation_head.weight.grad is not None and sampled.local_w1.grad is not None
+
+
+def _episode(obs_rows):
+    T = len(obs_rows) - 1
+    n = obs_rows.shape[1]
+    obs = {"obs": obs_rows.astype(np.float32), "state": np.zeros((T + 1, 1), np.float32),
+           "avail": np.ones((T + 1, n, 5), np.float32)}
+    return TeamEpisode(obs=obs, actions=np.zeros((T, n), np.int64), executed_actions=np.zeros((T, n), np.int64),
+                       rewards=np.zeros(T, np.float32), terminated=True)
+
+
+def test_count_component_warns_once_when_a_batch_has_a_single_formation_key():
+    rng = np.random.default_rng(0)
+    # simple115-like rows: one shared vector per step, agents differ only in a one-hot -> one key for every step
+    rows = np.repeat(rng.normal(size=(20, 1, 8)), 3, axis=1)
+    rows[:, np.arange(3), np.arange(3)] += 1.0
+    count = FoXCount({}, None, None, where="driver")
+    with pytest.warns(RuntimeWarning, match="same key.*representation: ego"):
+        count.observe([_episode(rows)])
+    assert len(count.counter) == 1 and count.counter.total == 20
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        count.observe([_episode(rows)])  # once only
+        informative = FoXCount({}, None, None, where="driver")
+        informative.observe([_episode(rng.normal(size=(20, 3, 8)))])
+    assert len(informative.counter) == 20
+
+
+def test_fox_on_grf_refuses_observations_without_formation_information():
+    base = FoXConfig().environment("grf/academy_3_vs_1_with_keeper", env_config={"reward": "sparse"})
+    with pytest.raises(ValueError, match="representation 'simple115v2'.*representation: ego"):
+        base.validate()
+    ok = FoXConfig().environment("grf/academy_3_vs_1_with_keeper", env_config={"representation": "ego"})
+    ok.validate()
+    FoXConfig().environment("grf/academy_3_vs_1_with_keeper").training(formation_source="positions").validate()
+
+
+@pytest.mark.parametrize("name", ["grf_3v1.yaml", "grf_3v1_short.yaml"])
+def test_fox_grf_presets_use_ego_and_one_update_per_episode(name):
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tuned_examples", "fox", name)
+    (exp,) = yaml.safe_load(open(path)).values()
+    cfg = exp["config"]
+    assert cfg["env_config"]["representation"] == "ego"
+    episodes_per_iteration = max(1, cfg["num_env_runners"]) * cfg["num_envs_per_env_runner"] * cfg.get("episodes_per_env", 1)
+    assert cfg["num_updates_per_iteration"] == episodes_per_iteration  # Q2: FoX's runner updates once per episode

@@ -112,6 +112,12 @@ class FoXConfig(QMIXConfig):
             errors.append(f"bonus_normalisation must be 'grf' or 'smac', got {self.bonus_normalisation!r}")
         if self.formation_latent not in ("sample", "mean"):
             errors.append(f"formation_latent must be 'sample' or 'mean', got {self.formation_latent!r}")
+        if (isinstance(self.env, str) and self.env.startswith("grf/") and self.formation_source == "obs"
+                and (self.env_config or {}).get("representation", "simple115v2") != "ego"):
+            rep = (self.env_config or {}).get("representation", "simple115v2")
+            errors.append(f"FoX on {self.env} with representation {rep!r}: the agents' observations differ only in the "
+                          "active-player one-hot, so every formation key is the same; set env_config: "
+                          "{representation: ego} (CDS/FoX's ego-centric observation) or formation_source: positions")
         if self.vae_samples_per_update < 1 or self.awareness_samples < 1:
             errors.append("vae_samples_per_update and awareness_samples must be >= 1")
         if errors:
