@@ -124,6 +124,21 @@ def test_nested_paths_land_in_the_param_space():
     assert exp.is_search and exp.tune.metric == "marlx/success_rate"  # marlx env: success by default
 
 
+def test_spaces_inside_intrinsic_components_are_searched_and_checked():
+    qmix = {"env_config": {"size": 4, "box_start_row": 1, "episode_limit": 20}, "num_env_runners": 0}
+    (exp,) = parse_experiments({"e": {"run": "QMIX", "env": "builtin/push_box", "config": {
+        **qmix, "intrinsic": {"constant": {"value": {"grid_search": [0.0, 0.5]}}}}}})
+    assert exp.param_space()["intrinsic"]["constant"]["value"] == {"grid_search": [0.0, 0.5]}
+    assert list(exp.space_paths.values()) == ["intrinsic.constant.value"]
+    # a value the component refuses in one variant only: caught before Ray, naming the variant
+    with pytest.raises(MarlxError, match=r"value must be a number.*search variant intrinsic.constant.value='lots'\)"):
+        parse_experiments({"e": {"run": "QMIX", "env": "builtin/push_box", "config": {
+            **qmix, "intrinsic": {"constant": {"value": {"grid_search": [0.5, "lots"]}}}}}})
+    with pytest.raises(MarlxError, match=r"unknown option.*valu"):
+        parse_experiments({"e": {"run": "QMIX", "env": "builtin/push_box", "config": {
+            **qmix, "intrinsic": {"constant": {"valu": {"choice": [0.1, 0.2]}}}}}})
+
+
 def test_renamed_key_with_a_space_goes_to_the_new_name():
     exp = exp_of({"num_sgd_iter": {"grid_search": [1, 2]}})
     assert exp.param_space()["num_epochs"] == {"grid_search": [1, 2]}
