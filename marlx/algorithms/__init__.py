@@ -23,6 +23,8 @@ ALGORITHMS: dict[str, str] = {
     "FoX": "marlx.algorithms.fox:FoX",
     "WALL": "marlx.algorithms.wall:WALL",
     "FIM": "marlx.algorithms.fim:FIM",
+    "MAPPO": "marlx.algorithms.mappo:MAPPO",
+    "IPPO": "marlx.algorithms.mappo:IPPO",
 }
 
 
