@@ -114,15 +114,19 @@ def video_and_print(args: argparse.Namespace) -> int:
         raise MarlxError(f"--episodes must be >= 1, got {args.episodes}")
     if args.fps <= 0:
         raise MarlxError(f"--fps must be > 0, got {args.fps}")
-    if args.attack not in (None, "none"):
-        raise MarlxError("--video with --attack is not built yet: run them separately (the video player's "
-                         "action_hook is where an attack will plug in)")
+    if args.budget is not None and args.budget < 0:
+        raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {args.budget}")
     check_video_path(args.video)
     find_checkpoint(args.checkpoint)
     res = record_video(args.checkpoint, args.video, episodes=args.episodes, fps=args.fps, seed=args.seed or 0,
-                       algo=args.algo)
+                       algo=args.algo, attack=args.attack, budget=args.budget)
     print_evaluation(res, args.json)
-    print(f"  video: {res['video']} ({res['frames']} frames)", file=sys.stderr if args.json else sys.stdout)
+    out = sys.stderr if args.json else sys.stdout
+    if "attack" in res:
+        opts = ", ".join(f"{k} {v}" for k, v in res["attack"].items() if k != "name")
+        print(f"  attacked by {res['attack']['name']} ({opts}): {res['attacked_steps_mean']:.2f} attacked steps per "
+              f"episode, marked red in the frames", file=out)
+    print(f"  video: {res['video']} ({res['frames']} frames)", file=out)
     return 0
 
 

@@ -9,8 +9,11 @@ env runner, no Ray. Two kinds of checkpoints:
 * per-agent RLlib algorithms (PPO, ...) on the env's ``multi_agent`` view: each agent's module, greedy over its
   action-distribution inputs.
 
-Attacks (the WALL issue) plug in through ``play(..., action_hook=...)``: the hook returns the executed joint action
-and the per-agent ``attacked`` mask, which the frames mark.
+Attacks plug in two ways: ``play(..., attack=spec)`` runs a :mod:`marlx.attacks` attack (the runtime's ``attack``
+entry, e.g. ``{"name": "wolfpack", "budget": 8}``) on the team module exactly as the env runner's action-time seam
+does (same :class:`~marlx.attacks.base.AttackContext`: module, observations, recurrent state, the module's outputs);
+``play(..., action_hook=...)`` is a plain function hook. Either returns the executed joint action and the per-agent
+``attacked`` mask, which the frames mark.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ class EpisodeRecord:
     ret: float = 0.0
     length: int = 0
     success: bool = False
+    #: steps at which at least one agent's action was replaced by an attack
+    attacked_steps: int = 0
     frames: list = field(default_factory=list)
 
 
-def team_forward(module, obs: dict, state_in: dict | None, n_agents: int):
-    """One greedy step of a team module for one env: ``-> (joint action [n] int64, state_out)``; the batch has
-    the team runtime's layout (``[1, ...]`` leaves, no time axis)."""
+def team_forward(module, obs: dict, state_in: dict | None, n_agents: int, with_outputs: bool = False):
+    """One greedy step of a team module for one env: ``-> (joint action [n] int64, state_out)`` (and the batch and
+    the module's outputs with ``with_outputs``); the batch has the team runtime's layout (``[1, ...]`` leaves, no
+    time axis)."""
     import torch
     from ray.rllib.core.columns import Columns
 
@@ -52,6 +58,8 @@ def team_forward(module, obs: dict, state_in: dict | None, n_agents: int):
     if actions.shape[0] != n_agents:
         raise MarlxError(f"{type(module).__name__} returned {actions.shape[0]} actions for {n_agents} agents: "
                          "the module and the env of this checkpoint do not match")
+    if with_outputs:
+        return actions, out.get(Columns.STATE_OUT, state_in), batch, out
     return actions, out.get(Columns.STATE_OUT, state_in)
 
 
@@ -147,15 +155,49 @@ class CheckpointPlayer:
                 actions[i] = int(out[Columns.ACTION_DIST_INPUTS].reshape(-1).argmax())
         return actions
 
+    def make_attack(self, spec: dict | None, seed: int = 0):
+        """The :mod:`marlx.attacks` attack of ``spec`` for this player's team module (one env), or None."""
+        if spec is None:
+            return None
+        if not self.team_algorithm:
+            raise MarlxError(f"{self.algo_class.__name__} does not run on marlx's team runner, so it cannot be attacked")
+        from marlx.attacks.base import make_attack
+
+        n_actions = int(self.team.action_space.nvec[0])
+        return make_attack(spec, 1, self.team.n_agents, n_actions, seed=seed)
+
+    def _attack_hook(self, attack, t: int, batch: dict, out: dict, actions: np.ndarray):
+        """One step of ``attack`` on this env, as the env runner's seam calls it (rows = this one env)."""
+        from ray.rllib.core.columns import Columns
+
+        from marlx.attacks.base import AttackContext
+        from marlx.runtime.columns import ATTACKED
+
+        obs = batch[Columns.OBS]
+        avail = obs.get("avail")
+        ctx = AttackContext(module=self.module, obs=obs, state_in=batch.get(Columns.STATE_IN, {}), outputs=out,
+                            actions=actions[None], avail=None if avail is None else avail.numpy(),
+                            t=np.array([t]), env_indices=np.array([0]), explore=False)
+        executed, extras = attack(ctx)
+        executed = np.asarray(executed, np.int64).reshape(actions.shape)
+        attacked = np.asarray(extras.get(ATTACKED, executed != actions), bool).reshape(-1)
+        return executed, attacked
+
     def play(self, episodes: int = 1, seed: int = 0, render: bool = True, action_hook: ActionHook | None = None,
-             max_steps: int | None = None) -> list[EpisodeRecord]:
-        """Play ``episodes`` greedy episodes (episode ``k`` reset with ``seed + k``); frames when ``render``."""
+             max_steps: int | None = None, attack: dict | None = None) -> list[EpisodeRecord]:
+        """Play ``episodes`` greedy episodes (episode ``k`` reset with ``seed + k``); frames when ``render``.
+
+        ``attack``: an attack spec (``{"name": ..., **options}``) run at the action-time seam of every step;
+        attacked steps and agents are marked in the frames and counted in ``EpisodeRecord.attacked_steps``."""
         from marlx.render.draw import add_caption
         from marlx.render.families import frame
 
+        attacker = self.make_attack(attack, seed=seed)
         records = []
         for k in range(episodes):
             rec = EpisodeRecord()
+            if attacker is not None:
+                attacker.begin_episode(0)
             team_obs, _ = self.team.reset(seed=seed + k)
             agent_obs = self.agent_view._split(team_obs) if self.agent_view is not None else None
             state_in = _batched_state(self.module) if self.team_algorithm else None
@@ -163,13 +205,20 @@ class CheckpointPlayer:
             if render:
                 rec.frames.append(add_caption(frame(self.team), [f"{head} | step 0", "return 0.00"]))
             while True:
-                if self.team_algorithm:
+                attacked = None
+                if attacker is not None:
+                    actions, next_state, batch, out = team_forward(self.module, team_obs, state_in,
+                                                                   self.team.n_agents, with_outputs=True)
+                    actions, attacked = self._attack_hook(attacker, rec.length, batch, out, actions)
+                    state_in = next_state
+                elif self.team_algorithm:
                     actions, state_in = team_forward(self.module, team_obs, state_in, self.team.n_agents)
                 else:
                     actions = self._agent_actions(agent_obs)
-                attacked = None
                 if action_hook is not None:
                     actions, attacked = action_hook(rec.length, team_obs, actions)
+                if attacked is not None and np.any(attacked):
+                    rec.attacked_steps += 1
                 team_obs, reward, terminated, truncated, info = self.team.step(actions)
                 if self.agent_view is not None:
                     agent_obs = self.agent_view._split(team_obs)
@@ -193,17 +242,25 @@ class CheckpointPlayer:
 
 
 def record_video(checkpoint: str, path: str, episodes: int = 1, fps: float = 4.0, seed: int = 0,
-                 algo: str | None = None) -> dict:
+                 algo: str | None = None, attack: str | None = None, budget: int | None = None) -> dict:
     """Play greedy episodes of ``checkpoint`` and write them to ``path`` (.mp4 or .gif) as one video.
 
-    Returns the evaluation summary of :func:`marlx.cli.evaluate.evaluate_checkpoint` plus ``video`` and ``frames``.
+    With ``attack`` ("random" or "wolfpack", ``budget`` attacked steps per episode; the same attack entry as
+    ``marlx evaluate --attack`` builds) the episodes are attacked and the frames mark the attacked agents.
+    Returns the evaluation summary of :func:`marlx.cli.evaluate.evaluate_checkpoint` plus ``video`` and ``frames``
+    (and ``attack`` and ``attacked_steps_mean`` when attacked).
     """
     from marlx.render.video import check_video_path, write_video
 
     check_video_path(path)
     player = CheckpointPlayer(checkpoint, algo=algo, render=True)
+    spec = None
+    if attack not in (None, "none"):
+        from marlx.cli.evaluate import attack_spec
+
+        spec = attack_spec(attack, budget, player.algo_class)
     try:
-        records = player.play(episodes, seed=seed, render=True)
+        records = player.play(episodes, seed=seed, render=True, attack=spec)
     finally:
         player.close()
     frames = [f for r in records for f in r.frames]
@@ -218,4 +275,6 @@ def record_video(checkpoint: str, path: str, episodes: int = 1, fps: float = 4.0
         "length_mean": float(np.mean([r.length for r in records])),
         "video": os.path.abspath(path),
         "frames": len(frames),
+        **({"attack": spec, "attacked_steps_mean": float(np.mean([r.attacked_steps for r in records]))}
+           if spec is not None else {}),
     }

@@ -2,6 +2,7 @@
 installed), through the player and through `marlx evaluate --video`."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -104,9 +105,49 @@ def test_evaluate_video_command(checkpoints, tmp_path, capsys):
     code = rllib_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(tmp_path / "v.webm")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "must end in .mp4 or .gif" in err
-    code = marlx_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(out), "--attack", "random"])
+    gif = tmp_path / "attacked.gif"
+    assert marlx_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(gif), "--attack", "random",
+                           "--budget", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["attack"]["name"] == "random" and res["attack"]["budget"] == 2 and 0 <= res["attacked_steps_mean"] <= 2
+    assert len(read_video(str(gif))) == res["frames"]
+    code = marlx_cmd.main(["evaluate", checkpoints["builtin/push_box"], "--video", str(gif), "--attack", "random",
+                           "--budget", "-1"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "--video with --attack is not built yet" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "--budget must be >= 0" in err
+
+
+@pytest.mark.parametrize("name", ["random", "wolfpack"])
+def test_attacked_video_marks_exactly_the_attacked_steps(checkpoints, name):
+    """An attack played by the video player goes through the runtime's seam: it spends at most its budget, the
+    frames of attacked steps (and only those) carry the red mark, and every executed action reaches the env."""
+    player = CheckpointPlayer(checkpoints["builtin/predator_prey"])
+    spec = {"name": name, "budget": 3, **({"prob": 1.0} if name == "random" else {})}
+    if name == "wolfpack":
+        from marlx.cli.evaluate import attack_spec
+
+        spec = attack_spec("wolfpack", 3, player.algo_class)
+    executed = []
+    real_step = player.team.step
+
+    def step(actions):
+        executed.append(np.array(actions))
+        return real_step(actions)
+
+    player.team.step = step
+    recs = player.play(2, seed=0, attack=spec)
+    total = sum(r.length for r in recs)
+    assert len(executed) == total
+    for rec in recs:
+        assert rec.attacked_steps <= 3
+        red = [bool((f[:3] == (220, 20, 20)).all()) for f in rec.frames[1:]]
+        assert sum(red) == rec.attacked_steps
+    if name == "random":  # probability 1: every agent redrawn; over 2 x 8 steps some step is attacked
+        assert sum(r.attacked_steps for r in recs) >= 1
+    # the same episodes without the attack: greedy actions, which the attacked steps replaced
+    player.team.step = real_step
+    natural = player.play(2, seed=0, render=False)
+    assert all(r.attacked_steps == 0 for r in natural)
 
 
 @pytest.mark.slow
