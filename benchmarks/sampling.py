@@ -140,7 +140,7 @@ def main() -> None:
             m = runner_steps_per_s(algo, args.seconds)
             pp = runner_steps_per_s(palgo, args.seconds) if palgo is not None else float("nan")
             rows.append((b, m, pp))
-        if n_envs == 1:
+        if "replay_bytes_per_step" not in figures:  # measured on the first runner size
             figures.update(replay_figures(algo))
         algo.stop()
         if palgo is not None:
