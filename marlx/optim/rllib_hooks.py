@@ -54,6 +54,11 @@ class LearnerHook:
     def check_options(cls, **options: Any) -> None:
         """Raise a clear error for bad options; called by :func:`apply_optim` before any Ray actor starts."""
 
+    @classmethod
+    def check_config(cls, config, **options: Any) -> None:
+        """Raise a clear error if the technique cannot run with this AlgorithmConfig (e.g. it needs
+        ``num_learners >= 2``); called by :func:`apply_optim` after :meth:`check_options`."""
+
     def on_build(self) -> None:
         """After the learner has built its module and optimisers."""
 
@@ -175,6 +180,7 @@ def apply_optim(config, optim: dict[str, dict] | None):
             raise MarlxError(f"optim.{name} must map option names to values, got {opts!r}")
         try:
             get_hook(name).check_options(**(opts or {}))
+            get_hook(name).check_config(config, **(opts or {}))
         except MarlxError:
             raise
         except (ValueError, TypeError, KeyError) as e:

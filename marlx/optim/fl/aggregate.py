@@ -68,9 +68,17 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def output_side_keys(model: nn.Module, fraction: float) -> set[str]:
-    """State keys of the longest run of output-side layers within ``fraction`` of the layers (>= 1 layer)."""
+def output_side_keys(model: nn.Module, fraction: float, keys: Iterable[str] | None = None) -> set[str]:
+    """State keys of the longest run of output-side layers within ``fraction`` of the layers (>= 1 layer).
+
+    ``keys`` restricts the layers to those state keys (the federated Learner hook passes the trainable
+    parameters, leaving out e.g. target networks); layers with none of them do not count.
+    """
     groups = layer_groups(model)
+    if keys is not None:
+        keys = set(keys)
+        groups = [(name, [k for k in ks if k in keys]) for name, ks in groups]
+        groups = [(name, ks) for name, ks in groups if ks]
     n = max(1, min(len(groups), int(np.floor(fraction * len(groups) + 1e-9))))
     return {k for _, keys in groups[-n:] for k in keys}
 
