@@ -27,10 +27,14 @@ def prepare_process() -> None:
 
 def run_command(prog: str, func: Callable[[], int | None]) -> int:
     """Run a command; a MarlxError becomes one line on stderr and exit code 2."""
+    from marlx.cli.runner import Interrupted
     from marlx.errors import MarlxError
 
     try:
         return int(func() or 0)
+    except Interrupted as e:  # a deliberate stop, not an error
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
     except MarlxError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 
 from marlx._rllib import set_tuner_callbacks
 from marlx.cli.experiment import Experiment
@@ -67,21 +70,121 @@ def format_progress(result: dict) -> str:
     )
 
 
-def _progress_callback():
+class Interrupted(MarlxError):
+    """A run stopped by SIGINT/SIGTERM after its checkpoint was written; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class GracefulStop:
+    """SIGINT and SIGTERM during ``tuner.fit()``: checkpoint, then end the run so that ``--resume`` continues.
+
+    The first signal asks every running trial for a checkpoint after its current iteration (Tune's documented
+    in-place ``should_checkpoint`` result flag, set by :meth:`on_trial_result`); once each has written it, Tune's own
+    graceful stop (its SIGUSR1 handler) ends the run and saves the experiment state one last time, so the state
+    names the newest checkpoint. A second signal stops at once and keeps the last periodic checkpoint; a third
+    raises KeyboardInterrupt. Without this, SIGTERM killed the driver with an experiment state up to minutes old
+    (Tune saves it every >= 10 s only), and ``--resume`` went back to an older checkpoint.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.tune_stopped = False
+        self.asked: set[str] = set()
+        self.written: dict[str, tuple[str, dict]] = {}  # trial id -> (checkpoint path, last result)
+        self._previous: dict = {}
+
+    # -- signals --------------------------------------------------------------------------------
+    def install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        # Tune's own SIGINT handler would stop at once without a fresh checkpoint; its SIGUSR1 one stays.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            self.signum = signum
+            print(f"marlx: {name} received: writing a checkpoint after the current iteration, then stopping "
+                  f"({name} again stops at once and keeps the last checkpoint)", file=sys.stderr, flush=True)
+        elif not self.tune_stopped:
+            print(f"marlx: {name} again: stopping now; the last checkpoint is kept", file=sys.stderr, flush=True)
+            self.stop_tune()
+        else:
+            raise KeyboardInterrupt
+
+    def stop_tune(self) -> None:
+        if not self.tune_stopped:
+            self.tune_stopped = True
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop: ends the loop, saves the experiment state
+
+    # -- called by the progress callback ---------------------------------------------------------
+    def on_result(self, trial, result: dict) -> None:
+        if self.signum is not None and trial.trial_id not in self.written:
+            result["should_checkpoint"] = True  # Tune: "callbacks may modify the trial result in place"
+            self.asked.add(trial.trial_id)
+
+    def on_checkpoint(self, trial, path: str) -> None:
+        if self.signum is not None and trial.trial_id in self.asked:
+            self.written[trial.trial_id] = (path, dict(trial.last_result or {}))
+
+    def on_step_end(self, trials) -> None:
+        if self.signum is None or self.tune_stopped:
+            return
+        running = [t for t in trials if t.status == "RUNNING"]
+        if all(t.trial_id in self.written for t in running):
+            self.stop_tune()
+
+
+class _QuietTuneInterrupt(logging.Filter):
+    """Tune's lines on a graceful stop tell the user to call ``Tuner.restore``; marlx prints its own."""
+
+    DROP = ("Stop signal received", "has been interrupted", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(d in msg for d in self.DROP)
+
+
+def _progress_callback(stop: GracefulStop | None = None, verbose: bool = True):
     from ray import tune
 
     class ProgressLines(tune.Callback):
-        """Prints one line per iteration and where checkpoints go."""
+        """Prints one line per iteration and where checkpoints go; carries out a graceful stop."""
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
-            print(prefix + format_progress(result), flush=True)
+            if stop is not None:
+                stop.on_result(trial, result)
+            if verbose:
+                prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
+                print(prefix + format_progress(result), flush=True)
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-            print(f"{'[' + trial.trial_id + '] ' if len(trials) > 1 else ''}checkpoint: {checkpoint.path}", flush=True)
+            if stop is not None:
+                stop.on_checkpoint(trial, checkpoint.path)
+            if verbose:
+                print(f"{'[' + trial.trial_id + '] ' if len(trials) > 1 else ''}checkpoint: {checkpoint.path}",
+                      flush=True)
+
+        def on_step_end(self, iteration, trials, **info):
+            if stop is not None:
+                stop.on_step_end(trials)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if len(trials) > 1:  # a search: one line per finished (or scheduler-stopped) trial
+            if verbose and len(trials) > 1:  # a search: one line per finished (or scheduler-stopped) trial
                 it = (trial.last_result or {}).get("training_iteration", 0)
                 print(f"[{trial.trial_id}] trial ended at iteration {it}", flush=True)
 
@@ -112,6 +215,22 @@ def check_resumable(exp: Experiment) -> None:
     path = experiment_dir(exp)
     if not tune.Tuner.can_restore(path):
         raise MarlxError(f"nothing to resume in {path}: no interrupted run of {exp.name!r} there; run without --resume")
+
+
+def _interrupted(exp: Experiment, stop: GracefulStop, results) -> Interrupted:
+    """The one-line report of a run stopped by a signal: where it stopped and how to continue."""
+    name = signal.Signals(stop.signum).name
+    parts = []
+    for trial_id, (ckpt, result) in sorted(stop.written.items()):
+        steps = result.get("num_env_steps_sampled_lifetime", _get(result, "env_runners/num_env_steps_sampled_lifetime", 0))
+        prefix = f"[{trial_id}] " if len(stop.written) > 1 else ""
+        parts.append(f"{prefix}checkpoint at iteration {result.get('training_iteration', '?')} "
+                     f"({int(steps or 0)} env steps): {ckpt}")
+    if not parts:
+        kept = [r.checkpoint.path for r in results if getattr(r, "checkpoint", None)]
+        parts.append(f"kept the last checkpoint: {kept[0]}" if kept else "no checkpoint was written yet")
+    return Interrupted(f"stopped by {name}; {'; '.join(parts)}. To continue, run the same command with "
+                       f"--resume (experiment {exp.name!r} in {experiment_dir(exp)})", stop.signum)
 
 
 def tune_config(exp: Experiment):
@@ -145,7 +264,8 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True, 
     for notice in exp.notices:
         print(f"note: {notice}", file=sys.stderr)
     path = experiment_dir(exp)
-    callbacks = [_progress_callback()] if verbose else []
+    stop = GracefulStop()
+    callbacks = [_progress_callback(stop, verbose)]
     if resume:
         check_resumable(exp)
         if exp.is_search:
@@ -178,7 +298,18 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True, 
         )
         if exp.is_search:
             marlx_tune.write_spec(exp, path)
-    results = tuner.fit()
+    installed = stop.install()
+    quiet = _QuietTuneInterrupt()
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(quiet)
+    try:
+        results = tuner.fit()
+    finally:
+        tune_logger.removeFilter(quiet)
+        if installed:
+            stop.uninstall()
+    if stop.signum is not None:
+        raise _interrupted(exp, stop, results)
     if exp.is_search:
         return results
     for res in results:
