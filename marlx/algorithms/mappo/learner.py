@@ -167,6 +167,7 @@ class MAPPOLearner(TorchLearner):
                 perm = torch.randperm(count, generator=self._rng).to(chunks[MASK].device)
                 for idx in torch.tensor_split(perm, num):
                     mb = {k: v[idx] for k, v in chunks.items()}
+                    self._valuenorm_pending = True  # once per minibatch, however often a hook evaluates the loss
                     _, losses, _ = self._update({mid: mb})
                     loss_per_module.update(losses)
         for mid, loss in loss_per_module.items():
@@ -185,8 +186,9 @@ class MAPPOLearner(TorchLearner):
         ent = masked_mean(entropy_of(logits), m_pi)
         ret = batch[RET]
         if config.use_valuenorm:
-            if config.valuenorm_update == "minibatch":
+            if config.valuenorm_update == "minibatch" and getattr(self, "_valuenorm_pending", True):
                 module.value_norm.update(ret, m_v)
+                self._valuenorm_pending = False
             ret = module.value_norm.normalize(ret)
         vf = value_loss(fwd_out[VALUES], batch[V_OLD], ret, m_v,
                         clip=config.vf_clip_param if config.use_clipped_value_loss else None,
