@@ -49,3 +49,23 @@ def parallel_sample(env_runner_group, sample_timeout_s):
 
     return synchronous_parallel_sample(worker_set=env_runner_group, concat=True, sample_timeout_s=sample_timeout_s,
                                        _uses_new_env_runners=True, _return_metrics=True)
+
+
+def enable_token_auth_if_available() -> bool:
+    """Turn on Ray's token authentication in this driver when a token is at hand; True if it is on.
+
+    Ray 2.60: ``ray start --head`` enables token authentication whenever a token exists (``~/.ray/auth_token``,
+    which every local ``ray.init()`` writes, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), but ``ray.init`` turns
+    it on in a driver only for ``address=None/"auto"``: a driver given HOST:PORT connects without its token and
+    the head rejects it (``InvalidAuthToken``). This is Ray's own private helper for the auto case,
+    ``ray._private.authentication.authentication_token_setup.maybe_enable_token_auth_if_token_available``; it
+    respects an explicit ``RAY_AUTH_MODE``.
+    """
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+#: Loggers whose lines no marlx user can act on (Ray 2.60 names): the "Token authentication is enabled for this Ray
+#: cluster" notice of every local start.
+NOISY_RAY_LOGGERS = ("ray._private.authentication.authentication_token_setup",)

@@ -24,16 +24,58 @@ def init_ray(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if address:
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise MarlxError(
-                f"cannot reach a Ray cluster at {address!r} ({e}); start one with `ray start --head` "
-                "or drop --address to run on this machine"
-            ) from None
+        _join_cluster(address)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
     _register_names()
+
+
+#: What Ray's GCS client logs (Ray 2.60, on stderr) when the head rejects the driver's token.
+_AUTH_FAILURE = ("InvalidAuthToken", "Unauthenticated", "authentication token")
+
+
+def _join_cluster(address: str) -> None:
+    """``ray.init(address=...)`` with the token the head expects; a failure is one line naming its cause.
+
+    Ray's GCS client retries a rejected connection for ~20 s, logging a warning line per attempt on the process's
+    stderr (file descriptor 2, from C++): those lines are captured while connecting and read for the cause."""
+    import tempfile
+
+    import ray
+
+    from marlx._rllib import enable_token_auth_if_available
+
+    token = enable_token_auth_if_available()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            error = None
+        except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError, ...
+            error = e
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        if error is None:
+            return
+        captured.seek(0)
+        log = captured.read().decode(errors="replace")
+    if any(key in log or key in str(error) for key in _AUTH_FAILURE):
+        have = ("this machine's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is not the head's"
+                if token else "this machine has no token")
+        raise MarlxError(
+            f"the Ray cluster at {address!r} uses token authentication and rejected this driver: {have}; run "
+            "`ray get-auth-token` on the head and set RAY_AUTH_TOKEN=<token> here (or copy the head's "
+            "~/.ray/auth_token to this machine)"
+        ) from None
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise MarlxError(
+        f"cannot reach a Ray cluster at {address!r} ({first}); start one with `ray start --head --port PORT` "
+        "and pass --address HOST:PORT (or auto on the head), or drop --address to run on this machine"
+    ) from None
 
 
 def _register_names() -> None:
