@@ -257,3 +257,10 @@ def test_private_rllib_apis_exist_in_this_ray():
     from ray.tune.impl.tuner_internal import TunerInternal
 
     assert "_run_config" in TunerInternal.__init__.__code__.co_names
+    import importlib
+
+    from ray._private.authentication import authentication_token_setup as auth
+
+    assert callable(auth.maybe_enable_token_auth_if_token_available)
+    for name in _rllib.NOISY_RAY_LOGGERS:
+        assert importlib.import_module(name).logger.name == name
