@@ -134,3 +134,28 @@ def test_bad_config_value_is_one_line_exit_2(tmp_path, capsys, key, value, expec
 def test_fox_awareness_on_mappo_is_refused_clearly():
     with pytest.raises(ValueError, match="fox_awareness does not run on MAPPO"):
         MAPPOConfig().environment("builtin/push_box").training(intrinsic={"fox_awareness": {}}).validate()
+
+
+@pytest.mark.slow
+def test_smax_3m_one_iteration_and_checkpoint_round_trip(ray_session, tmp_path):
+    pytest.importorskip("jaxmarl")
+    cfg = (MAPPOConfig().environment("smax/3m", env_config={"reward": "dense"})
+           .env_runners(num_envs_per_env_runner=2)
+           .training(train_batch_size_per_learner=100, num_epochs=1, hidden_size=16).debugging(seed=0))
+    algo = cfg.build_algo()
+    try:
+        result = algo.train()
+        assert result["num_env_steps_sampled_lifetime"] == 100
+        assert np.isfinite(result["learners"]["default_policy"]["vf_loss"])
+        module = algo.learner_group._learner.module["default_policy"]
+        assert (module.n_agents, module.n_actions) == (3, 8)
+        weights = {k: v.clone() for k, v in module.state_dict().items()}
+        path = algo.save_to_path(tmp_path / "ckpt")
+    finally:
+        algo.stop()
+    restored = MAPPO.from_checkpoint(path)
+    try:
+        state = restored.learner_group._learner.module["default_policy"].state_dict()
+        assert all(torch.equal(state[k], v) for k, v in weights.items())
+    finally:
+        restored.stop()
