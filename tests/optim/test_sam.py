@@ -122,6 +122,51 @@ def test_layerwise_with_all_layers_equals_sam():
     _assert_params(b, [p.detach() for p in a.parameters()])
 
 
+def test_layerwise_perturb_every_reuses_the_orthogonal_component():
+    """perturb_every=2: step 0 is the paper's layer-wise SAM step; step 1 runs no perturbed pass and adds
+    alpha * reuse_alpha * ||g_S|| / ||g_v|| * g_v (g_v: step 0's perturbed gradient orthogonal to its g_S)."""
+    model, (x0, y0) = _model(), _batch(3)
+    cfg = SAMConfig(variant="layerwise", rho=RHO, layers=1, perturb_every=2, reuse_alpha=0.7)
+    step = LayerwiseSAM(model, _sgd(model), cfg)
+    ref = copy.deepcopy(model)
+    expected = _sam_reference(ref, x0, y0, chosen=_chosen(ref, x0, y0))
+    # the orthogonal component, by hand, at step 0's weights
+    idx = _chosen(ref, x0, y0)
+    params = list(ref.parameters())
+    g = _grads(ref, x0, y0)
+    norm = torch.sqrt(sum((g[i] ** 2).sum() for i in idx))
+    with torch.no_grad():
+        for i in idx:
+            params[i] += RHO * g[i] / norm
+    g2 = _grads(ref, x0, y0)
+    coef = sum((g2[i] * g[i]).sum() for i in idx) / sum((g[i] ** 2).sum() for i in idx)
+    gv = {i: g2[i] - coef * g[i] for i in idx}
+    step.step(x0, y0)
+    _assert_params(model, expected)
+    # step 1: one clean pass, plain gradient elsewhere, the reuse term on the chosen layer
+    x1, y1 = _batch(4)
+    before = [p.detach().clone() for p in model.parameters()]
+    h = _grads(model, x1, y1)
+    scale = 0.7 * torch.sqrt(sum((h[i] ** 2).sum() for i in idx)) / torch.sqrt(sum((gv[i] ** 2).sum() for i in idx))
+    want = [b - LR * (h[i] + scale * gv[i] if i in idx else h[i]) for i, b in enumerate(before)]
+    assert max((LR * scale * gv[i]).abs().max().item() for i in idx) > 1e-4  # the reuse term is visible
+    step.step(x1, y1)
+    _assert_params(model, want, atol=1e-8)  # ascent_step's float32 norm at step 0 moves g_v by ~1e-9
+    # step 2 runs the perturbed pass again: the reference SAM step at step 2's weights
+    x2, y2 = _batch(5)
+    expected = _sam_reference(model, x2, y2, chosen=idx)
+    step.step(x2, y2)
+    _assert_params(model, expected)
+
+
+def _chosen(model, x, y):
+    """Parameter indices of the MLP layer with the largest gradient norm (layers = (weight, bias) pairs)."""
+    g = _grads(model, x, y)
+    norms = [torch.sqrt((g[2 * k] ** 2).sum() + (g[2 * k + 1] ** 2).sum()).item() for k in range(3)]
+    k = max(range(3), key=norms.__getitem__)
+    return [2 * k, 2 * k + 1]
+
+
 def test_layerwise_prefix_reuse_gives_the_same_update():
     a, b = _model("cnn"), _model("cnn")
     cfg = dict(variant="layerwise", rho=RHO, layers=2, refresh_every=1)

@@ -49,6 +49,13 @@ class SAMConfig:
     refresh_every: int = 50
     """layerwise: re-choose the critical layers every this many steps (from the first pass's gradient norms,
     which cost nothing extra). marlx's choice; the paper does not state it."""
+    perturb_every: int = 1
+    """layerwise: run the perturbed pass every this many steps (1 = every step, the paper). In between, the
+    chosen layers get ``g + a * reuse_alpha * (||g|| / ||g_v||) g_v`` with ``g_v`` the part of the last
+    perturbed gradient orthogonal to that step's ``g`` (LookSAM's reuse, Liu et al. CVPR 2022, restricted to
+    the chosen layers). marlx's option: the perturbed pass of a big layer costs ~2/3 of a step on its own."""
+    reuse_alpha: float = 0.7
+    """layerwise with ``perturb_every > 1``: LookSAM's alpha (its paper's default 0.7)."""
     reuse_prefix: bool = True
     """layerwise: for an ``nn.Sequential`` model the perturbed pass starts from the cached input of the first
     chosen layer instead of re-running the unperturbed input side (identical result, less compute)."""
@@ -90,6 +97,10 @@ class SAMConfig:
             raise UnknownNameError("layer selection", self.selection, SELECTIONS)
         if self.refresh_every < 1:
             raise MarlxError(f"sam: refresh_every must be >= 1, got {self.refresh_every}")
+        if self.perturb_every < 1:
+            raise MarlxError(f"sam: perturb_every must be >= 1, got {self.perturb_every}")
+        if self.reuse_alpha < 0:
+            raise MarlxError(f"sam: reuse_alpha must be >= 0, got {self.reuse_alpha}")
 
     @classmethod
     def from_dict(cls, options: dict) -> "SAMConfig":
@@ -160,6 +171,11 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
+def _norm(tensors) -> float:
+    """Global L2 norm in the tensors' own precision."""
+    return float(torch.sqrt(sum((t.detach() * t.detach()).sum() for t in tensors)))
 
 
 def ascent_step(grads: Sequence[torch.Tensor], rho: float, eps: float = 1e-12) -> Optional[list[torch.Tensor]]:
@@ -327,8 +343,22 @@ class LayerwiseSAM(SharpnessStep):
         self.scaled(loss).backward()
         if not self.selected or self.steps % cfg.refresh_every == 0:
             grads = {n: [p.grad for p in ps] for n, ps in self.groups.items()}
-            self.selected = critical_layers(self.groups, grads, cfg.layers, cfg.selection)
+            selected = critical_layers(self.groups, grads, cfg.layers, cfg.selection)
+            if selected != self.selected:
+                self._gv = None  # a new choice of layers: the next step runs the perturbed pass
+            self.selected = selected
         sel = [p for n in self.selected for p in self.groups[n] if p.grad is not None]
+        reuse = cfg.perturb_every > 1 and self.steps % cfg.perturb_every != 0 and self._gv is not None
+        if reuse:  # LookSAM: no perturbed pass, the stored orthogonal component on the chosen layers
+            gv = [self._gv.get(p) for p in sel]
+            if all(v is not None for v in gv):
+                scale = cfg.alpha * cfg.reuse_alpha * _norm([p.grad for p in sel]) / (_norm(gv) + cfg.eps)
+                with torch.no_grad():
+                    for p, v in zip(sel, gv):
+                        p.grad.add_(v.to(p.grad.dtype), alpha=float(scale))
+            self._inputs = []
+            self.apply()
+            return loss.item()
         e = ascent_step([p.grad for p in sel], cfg.rho, cfg.eps) if sel else None
         if e is not None:
             start = self._first_child(sel)
@@ -338,12 +368,25 @@ class LayerwiseSAM(SharpnessStep):
                     loss2 = self.loss(x, y, forward)
                 g2 = torch.autograd.grad(self.scaled(loss2), sel, allow_unused=True)
             g2 = self._all_reduce([torch.zeros_like(p) if g is None else g for p, g in zip(sel, g2)])
+            if cfg.perturb_every > 1:
+                self._store_orthogonal(sel, g2)
             with torch.no_grad():
                 for p, g in zip(sel, g2):
                     p.grad.mul_(1.0 - cfg.alpha).add_(g, alpha=cfg.alpha)
         self._inputs = []
         self.apply()
         return loss.item()
+
+    _gv: Optional[dict] = None
+
+    @torch.no_grad()
+    def _store_orthogonal(self, sel: list[torch.Tensor], g2: list[torch.Tensor]) -> None:
+        """``g_v = g2 - (<g2, g>/||g||^2) g`` over the chosen layers (``g`` = this step's clean gradient)."""
+        g = [p.grad.detach() for p in sel]
+        dot = sum(float((a.to(b.dtype) * b).sum()) for a, b in zip(g2, g))
+        gg = sum(float((b * b).sum()) for b in g)
+        coef = dot / gg if gg > 0 else 0.0
+        self._gv = {p: (a.to(b.dtype) - coef * b).clone() for p, a, b in zip(sel, g2, g)}
 
     def _all_reduce(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         if not isinstance(self.model, nn.parallel.DistributedDataParallel):

@@ -35,7 +35,11 @@ class SAMHook(LearnerHook):
 
     @classmethod
     def check_options(cls, **options) -> None:
-        SAMConfig.from_dict(options)
+        from marlx.errors import MarlxError
+
+        if SAMConfig.from_dict(options).perturb_every > 1:
+            raise MarlxError("optim.sam: perturb_every > 1 (LookSAM reuse) is implemented for the torch step "
+                             "(LayerwiseSAM / SAMTrainer), not in the RLlib hook; remove it")
 
     def __init__(self, learner, **options) -> None:
         super().__init__(learner, **options)

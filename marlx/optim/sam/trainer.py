@@ -139,6 +139,7 @@ class SAMTrainer:
             "steps": steps,
             "seconds_per_step": seconds / max(1, steps),
             "train_accuracy": accuracy(self.model, train),
+            "train_grad_norm": train_gradient_norm(self.model, train),
             "test_accuracy": accuracy(self.model, test) if test is not None else None,
             "history": history,
         }
@@ -158,3 +159,23 @@ class SAMTrainer:
 
             ray.kill(self.actor)
             self.actor = None
+
+
+def train_gradient_norm(model: nn.Module, data, batch_size: int = 512) -> float:
+    """``||grad L(w)||`` of the mean cross-entropy over all of ``data`` at the current weights (eval mode, so
+    BatchNorm uses its running statistics): what SAM's gradient-norm penalty acts on (lower = flatter)."""
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    n = len(data.y)
+    for i in range(0, n, batch_size):
+        x, y = data.x[i : i + batch_size], data.y[i : i + batch_size]
+        loss = F.cross_entropy(model(x), y, reduction="sum") / n
+        for t, g in zip(total, torch.autograd.grad(loss, params)):
+            t.add_(g)
+    model.train(was_training)
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in total])))
+
