@@ -5,6 +5,8 @@ Contestants, measured side by side in this one process (one thread):
 * ``bare``: the team env stepped with random available actions (no RLlib), the reference;
 * ``marlx_qmix``: marlx's :class:`~marlx.runtime.runner.TeamEnvRunner` with the QMIX module (epsilon-greedy,
   one batched forward pass over envs x agents per step, numpy team arrays), whole episodes;
+* ``marlx_mappo`` (with ``--mappo``): the same runner with MAPPO's module in fragment mode (stochastic actor,
+  per-agent log-probs and the actor's hidden state kept after every step), what MAPPO samples with;
 * ``rllib_ppo_ma``: RLlib's MultiAgentEnvRunner with a shared PPO module on the env's multi-agent view
   (``env_config={"marlx_view": "multi_agent"}``), RLlib's default multi-agent sampling.
 
@@ -75,6 +77,14 @@ def qmix_algo(env_name, env_config, n_envs):
     return cfg.build_algo()
 
 
+def mappo_algo(env_name, env_config, n_envs):
+    from marlx.algorithms.mappo import MAPPOConfig
+
+    cfg = (MAPPOConfig().environment(env_name, env_config=env_config).env_runners(num_envs_per_env_runner=n_envs)
+           .training(train_batch_size_per_learner=100 * n_envs))
+    return cfg.build_algo()
+
+
 def ppo_algo(env_name, env_config, n_envs):
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -115,6 +125,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median ratio is reported)")
     p.add_argument("--envs", default="1,8", help="envs per runner to compare")
     p.add_argument("--no-ppo", action="store_true", help="skip RLlib's multi-agent PPO sampler")
+    p.add_argument("--mappo", action="store_true", help="also measure MAPPO's sampling (fragments) on the team runner")
     args = p.parse_args()
 
     import ray
@@ -134,17 +145,29 @@ def main() -> None:
         palgo = None if args.no_ppo else ppo_algo(args.env, env_config, n_envs)
         if palgo is not None:
             palgo.env_runner.sample()
-        rows = []
+        malgo = mappo_algo(args.env, env_config, n_envs) if args.mappo else None
+        if malgo is not None:
+            malgo.env_runner.sample()
+        rows, mappo_rows = [], []
         for _ in range(args.rounds):
             b = bare.steps_per_s(args.seconds)
             m = runner_steps_per_s(algo, args.seconds)
             pp = runner_steps_per_s(palgo, args.seconds) if palgo is not None else float("nan")
             rows.append((b, m, pp))
+            if malgo is not None:
+                mappo_rows.append((runner_steps_per_s(malgo, args.seconds), b))
         if "replay_bytes_per_step" not in figures:  # measured on the first runner size
             figures.update(replay_figures(algo))
         algo.stop()
         if palgo is not None:
             palgo.stop()
+        if malgo is not None:
+            malgo.stop()
+            marr = np.array(mappo_rows)
+            mappo_over_bare = float(np.median(marr[:, 0] / marr[:, 1]))
+            print(f"{n_envs:>4} MAPPO fragments: {np.median(marr[:, 0]):.0f} steps/s, MAPPO / bare {mappo_over_bare:.2f}")
+            figures[f"marlx_mappo_steps_per_s_{n_envs}"] = round(float(np.median(marr[:, 0])), 1)
+            figures[f"marlx_mappo_over_bare_{n_envs}"] = round(mappo_over_bare, 3)
         arr = np.array(rows)
         b, m, pp = np.median(arr, axis=0)
         over_bare = float(np.median(arr[:, 1] / arr[:, 0]))
