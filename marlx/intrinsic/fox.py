@@ -3,8 +3,9 @@
 * ``fox_count`` — the formation visit counter and the count bonus ``beta1 * N(F_{t+1})^(-1/2)`` (or the SMAC
   normalisation). Driver side: :meth:`FoXCount.observe` counts every formation of every collected training
   episode once (evaluation episodes never pass through ``observe``); :meth:`FoXCount.annotate` adds to a
-  sampled batch the count bonus of the next formation from the counts at sampling time (``fox_count_bonus
-  [B, T]``) and the formation keys and index sets (``fox_keys [B, T+1, 4n]``, ``fox_far``/``fox_near``
+  sampled batch the count bonus of the next formation (``fox_count_bonus [B, T]``) from the count stored when
+  that step was collected (``count_at="collection"``, the released runner's ``visit``) or from the counts at
+  sampling time (``"sampling"``) and the formation keys and index sets (``fox_keys [B, T+1, 4n]``, ``fox_far``/``fox_near``
   ``[B, T+1, n]``) that the awareness bonus needs. Learner side: the bonus is the annotated column.
 * ``fox_awareness`` — the formation VAE and the formation-awareness bonus ``beta2 * sum_i norm(b_i)`` of the
   next step's hidden states (no gradient). Learner side only: :meth:`FoXAwareness.bonus` reads the module's
@@ -36,17 +37,24 @@ logger = logging.getLogger(__name__)
 SINGLE_KEY_MIN_STEPS = 16
 
 FOX_KEYS, FOX_FAR, FOX_NEAR, FOX_COUNT_BONUS = "fox_keys", "fox_far", "fox_near", "fox_count_bonus"
+#: Per-step replay column ``[T]``: N(F_{t+1}) as counted when F_{t+1} was collected (``count_at="collection"``).
+FOX_VISIT_NEXT = "fox_visit_next"
+COUNT_AT = ("collection", "sampling")
+VAE_SCHEDULES = ("per_update", "episodes")
 #: Per-step hidden states ``[B, T+1, n, H]`` in the forward output of FoX's module.
 FOX_HIDDEN = "fox_hidden"
 
 #: Defaults of ``fox_count`` (FoXConfig passes its own attributes; see its docs for the sources).
 COUNT_DEFAULTS = {"beta1": 0.01, "formation_round": 3, "formation_source": "obs", "bonus_normalisation": "grf",
-                  "hash_seed": 0, "replay_obs_dtype": "float32"}
+                  "hash_seed": 0, "replay_obs_dtype": "float32", "count_at": "collection",
+                  "count_terminal_formation": True, "hash_bit_order": "msb"}
 #: Defaults of ``fox_awareness``.
 AWARENESS_DEFAULTS = {"beta2": 0.02, "vae_latent_dim": 64, "vae_hidden_dim": 128, "vae_lr": 1e-3,
                       "vae_grad_clip": 1.0, "vae_samples_per_update": 25, "vae_tau_weight": 0.1,
                       "vae_key_scale": 1000.0, "vae_kl_weight": 1.0, "awareness_samples": 20,
-                      "released_grad_accumulation": False, "bonus_normalisation": "grf", "seed": 0}
+                      "released_grad_accumulation": False, "bonus_normalisation": "grf", "seed": 0,
+                      "awareness_target": "raw", "awareness_per_agent": True, "awareness_before_mean": True,
+                      "vae_schedule": "per_update", "vae_every_episodes": 16, "vae_steps": 25, "vae_joint_clip": False}
 
 
 def _check(options: dict, defaults: dict) -> None:
@@ -67,6 +75,11 @@ def _check(options: dict, defaults: dict) -> None:
         raise ValueError(f"formation_source must be 'obs' or 'positions', got {options['formation_source']!r}")
     if options.get("bonus_normalisation", "grf") not in ("grf", "smac"):
         raise ValueError(f"bonus_normalisation must be 'grf' or 'smac', got {options['bonus_normalisation']!r}")
+    choices = {"count_at": COUNT_AT, "hash_bit_order": ("msb", "lsb"), "awareness_target": ("raw", "scaled"),
+               "vae_schedule": VAE_SCHEDULES}
+    for key, allowed in choices.items():
+        if key in options and options[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {options[key]!r}")
 
 
 def gather_agents(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -98,17 +111,31 @@ class FoXCount(IntrinsicReward):
 
     def _keys(self, vectors: np.ndarray):
         if self.keyer is None:
-            self.keyer = FormationKeyer(vectors.shape[-1], self.options["formation_round"], self.options["hash_seed"])
+            self.keyer = FormationKeyer(vectors.shape[-1], self.options["formation_round"], self.options["hash_seed"],
+                                        self.options["hash_bit_order"])
         return self.keyer.keys_and_index_sets(vectors)
 
     def observe(self, episodes: list) -> None:
+        """Count the formations of the collected episodes, each in step order.
+
+        A whole episode contributes F_0 .. F_T (F_T only with ``count_terminal_formation``); a later chunk of
+        an episode (fragment mode) its new observations. With ``count_at="collection"`` each episode gets
+        ``extras["fox_visit_next"] [T]``: N(F_{t+1}) right after F_{t+1} was counted (0 when not counted),
+        which the replay stores with the step.
+        """
         batch_keys = []
         for ep in episodes:
-            if ep.start_t == 0:  # every formation of the episode, F_0 .. F_T
-                keys, _, _ = self._keys(self._vectors(ep.obs))
-            else:  # a later chunk (fragment mode): its first observation was counted with the previous chunk
-                keys, _, _ = self._keys(self._vectors({k: v[1:] for k, v in ep.obs.items()}))
-            self.counter.update(keys)
+            first = 0 if ep.start_t == 0 else 1  # a later chunk's first observation was counted with the previous one
+            keys, _, _ = self._keys(self._vectors({k: v[first:] for k, v in ep.obs.items()}))
+            if ep.is_done and not self.options["count_terminal_formation"]:
+                keys = keys[:-1]  # released: the formation is computed only before an action
+            visits = self.counter.update_sequential(keys)
+            T = len(ep)
+            visit_next = np.zeros(T, np.int64)
+            after = visits[1 - first:]  # visits of F_{t+1}, t = 0 .. (up to) T-1
+            visit_next[: len(after)] = after[:T]
+            if self.options["count_at"] == "collection":
+                ep.extras[FOX_VISIT_NEXT] = visit_next
             batch_keys.append(keys.reshape(-1, keys.shape[-1]))
         self._check_degenerate(batch_keys)
 
@@ -129,7 +156,16 @@ class FoXCount(IntrinsicReward):
     def annotate(self, batch: dict) -> None:
         keys, far, near = self._keys(self._vectors(batch))
         mask = batch[MASK]
-        counts = self.counter.lookup(keys[:, 1:])
+        if self.options["count_at"] == "collection":
+            if FOX_VISIT_NEXT not in batch:
+                raise ValueError("fox_count with count_at='collection' needs a replay that stores 'fox_visit_next' "
+                                 "(run: FoX does); use count_at: sampling with other algorithms")
+            counts = np.asarray(batch[FOX_VISIT_NEXT])
+        else:
+            counts = self.counter.lookup(keys[:, 1:])
+            if not self.options["count_terminal_formation"]:  # the terminal formation of each episode is uncounted
+                lengths = mask.sum(1).astype(np.int64)
+                counts[np.arange(len(lengths)), lengths - 1] = 0
         bonus = count_bonus(counts, self.options["beta1"], self.options["bonus_normalisation"], mask)
         batch[FOX_COUNT_BONUS] = bonus.astype(np.float32) * mask
         batch[FOX_KEYS] = keys.astype(np.float32)
@@ -160,7 +196,11 @@ class FoXAwareness(IntrinsicReward):
     def __init__(self, options, observation_space, action_space, model_config=None, where="learner"):
         super().__init__({**AWARENESS_DEFAULTS, **options}, observation_space, action_space, model_config, where)
         self.vae: FormationVAE | None = None
-        self.normaliser = AwarenessNormaliser(self.options["bonus_normalisation"])
+        self.normaliser = AwarenessNormaliser(self.options["bonus_normalisation"], self.options["awareness_per_agent"],
+                                              self.options["awareness_before_mean"])
+        #: Lifetime episodes collected, set by FoX's learner before each update (``vae_schedule="episodes"``).
+        self.episodes_sampled = 0
+        self._vae_blocks_done: int | None = None
         self.rng = torch.Generator().manual_seed(int(self.options["seed"] or 0))
         self._pending_state: dict | None = None
 
@@ -173,7 +213,7 @@ class FoXAwareness(IntrinsicReward):
                 latent_dim=o["vae_latent_dim"], key_scale=o["vae_key_scale"], tau_weight=o["vae_tau_weight"],
                 lr=o["vae_lr"], grad_clip=o["vae_grad_clip"],
                 released_grad_accumulation=o["released_grad_accumulation"], kl_weight=o["vae_kl_weight"],
-                encoder=module.formation_encoder,
+                encoder=module.formation_encoder, joint_clip=o["vae_joint_clip"],
             ).to(next(module.parameters()).device)
             if self._pending_state is not None:
                 self._load(self._pending_state)
@@ -192,27 +232,51 @@ class FoXAwareness(IntrinsicReward):
         h_far, h_near = gather_agents(h_next, far[:, 1:]), gather_agents(h_next, near[:, 1:])
         n = h_next.shape[2]
         b, log_q = vae.awareness_log_ratio(h_next, h_far, h_near, k_next.unsqueeze(2).expand(-1, -1, n, -1),
-                                           self.options["awareness_samples"])
-        agent_mask = mask.unsqueeze(-1).expand_as(b)
+                                           self.options["awareness_samples"], target=self.options["awareness_target"],
+                                           per_sample=self.options["awareness_before_mean"])
+        agent_mask = mask.unsqueeze(-1).expand(*mask.shape, n)  # [B, T, n]
         awareness = self.normaliser(b, log_q, agent_mask) * agent_mask
         return beta2 * awareness.sum(-1)
+
+    def vae_steps_due(self) -> tuple[int, int]:
+        """``(steps, samples per step)`` of VAE training for this RL update.
+
+        ``"per_update"`` (marlx): one step on ``vae_samples_per_update`` samples after every RL update.
+        ``"episodes"`` (released ``run.py``: ``train_predict`` every ``on_policy_batch`` = 16 episodes, 25 updates on
+        one sample each): ``vae_steps`` single-sample steps for every ``vae_every_episodes`` episodes collected since
+        the last VAE training; at the first RL update only the latest block is due (the released code cannot
+        train before the buffer holds a batch either).
+        """
+        o = self.options
+        if o["vae_schedule"] == "per_update":
+            return 1, o["vae_samples_per_update"]
+        blocks = int(self.episodes_sampled) // int(o["vae_every_episodes"])
+        if self._vae_blocks_done is None:
+            self._vae_blocks_done = max(0, blocks - 1)
+        due = blocks - self._vae_blocks_done
+        self._vae_blocks_done = blocks
+        return due * int(o["vae_steps"]), 1
 
     def update(self, batch: dict, fwd_out: dict, module) -> dict:
         vae = self.build_vae(module)
         hidden = fwd_out[FOX_HIDDEN].detach()
         keys, far, near, mask = batch[FOX_KEYS], batch[FOX_FAR], batch[FOX_NEAR], batch[MASK]
         valid = mask.nonzero()  # (episode, t) pairs of real steps (t < T: the mask covers transitions)
-        if len(valid) == 0:
-            return {}
-        k = self.options["vae_samples_per_update"]
-        pick = valid[torch.randint(len(valid), (k,), generator=self.rng)]
-        agent = torch.randint(hidden.shape[2], (k,), generator=self.rng)
-        e, t = pick[:, 0], pick[:, 1]
-        h = hidden[e, t]  # [k, n, H]
-        rows = torch.arange(k)
-        losses = vae.train_step(h[rows, agent], h[rows, far[e, t, agent].long()], h[rows, near[e, t, agent].long()],
-                                keys[e, t])
-        return {f"vae_{name}": value for name, value in losses.items()}
+        steps, k = self.vae_steps_due()
+        if len(valid) == 0 or steps == 0:
+            return {"vae_steps": 0.0}
+        totals: dict[str, float] = {}
+        for _ in range(steps):
+            pick = valid[torch.randint(len(valid), (k,), generator=self.rng)]
+            agent = torch.randint(hidden.shape[2], (k,), generator=self.rng)
+            e, t = pick[:, 0], pick[:, 1]
+            h = hidden[e, t]  # [k, n, H]
+            rows = torch.arange(k)
+            losses = vae.train_step(h[rows, agent], h[rows, far[e, t, agent].long()],
+                                    h[rows, near[e, t, agent].long()], keys[e, t])
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + value / steps
+        return {**{f"vae_{name}": value for name, value in totals.items()}, "vae_steps": float(steps)}
 
     def get_state(self) -> dict:
         if self.vae is None:
@@ -222,6 +286,7 @@ class FoXAwareness(IntrinsicReward):
             "decoder_tau": self.vae.decoder_tau.state_dict(),
             "optimizers": {name: opt.state_dict() for name, opt in self.vae.optimizers.items()},
             "normaliser": self.normaliser.get_state(),
+            "vae_blocks_done": self._vae_blocks_done,
         }
 
     def set_state(self, state: dict) -> None:
@@ -234,6 +299,7 @@ class FoXAwareness(IntrinsicReward):
             self._load(state)
 
     def _load(self, state: dict) -> None:
+        self._vae_blocks_done = state.get("vae_blocks_done")
         self.vae.decoder.load_state_dict(state["decoder"])
         self.vae.decoder_tau.load_state_dict(state["decoder_tau"])
         for name, opt in self.vae.optimizers.items():

@@ -6,7 +6,11 @@ A *formation* abstracts a team state by how the agents stand relative to each ot
 * ``far(i) = argmax_j d_ij`` and ``near(i) = argmin_{j != i} d_ij`` (ties: the lowest index, as numpy does);
 * agent i contributes ``(d_{i,far}, d_{i,near}, hash(o_i - o_far), hash(o_i - o_near))``, where
   ``hash(v)`` is the 9-bit sign code of ``A v`` for a fixed random matrix ``A`` (9 x dim, Uniform[0, 1),
-  drawn once from ``seed``): bit k is 1 when ``(A v)_k > 0``, read as an integer in [0, 511];
+  drawn once from ``seed``): bit k is 1 when ``(A v)_k > 0``, read as an integer in [0, 511] with projection 0 as
+  the most significant bit (``bit_order="msb"``, default: the released runner builds the binary string
+  ``"".join(bits)`` and reads it base 2, ``FOX_GRF/runners/episode_runner.py``) or as the least significant
+  bit (``"lsb"``, marlx's earlier order). Both orders give the same counts (a bijection); they differ in the
+  integers the VAE's decoder regresses;
 * the formation key ``F`` is all agents' 4-tuples in agent order (length 4n).
 
 The index set of agent i is ``{i, far(i), near(i)}``; the VAE uses it. Keys are computed in float64 so that
@@ -27,13 +31,17 @@ class FormationKeyer:
         dim: length of the vectors (observation size, or position size with ``source="positions"``).
         round_decimals: decimals kept of each distance (paper: 3 for GRF, 1 in the SMAC example).
         seed: seed of the hash matrix ``A``.
+        bit_order: ``"msb"`` (released: projection 0 is the most significant bit) or ``"lsb"``.
     """
 
-    def __init__(self, dim: int, round_decimals: int = 3, seed: int = 0):
+    def __init__(self, dim: int, round_decimals: int = 3, seed: int = 0, bit_order: str = "msb"):
+        if bit_order not in ("msb", "lsb"):
+            raise ValueError(f"bit_order must be 'msb' or 'lsb', got {bit_order!r}")
         self.dim = dim
         self.round_decimals = round_decimals
         self.hash_matrix = np.random.default_rng(seed).random((HASH_BITS, dim))
-        self._bit_values = (1 << np.arange(HASH_BITS)).astype(np.int64)
+        bits = np.arange(HASH_BITS)
+        self._bit_values = (1 << (bits if bit_order == "lsb" else HASH_BITS - 1 - bits)).astype(np.int64)
 
     def sign_hash(self, v: np.ndarray) -> np.ndarray:
         """(..., dim) -> (...,) integer sign codes of ``A v``."""
@@ -93,6 +101,20 @@ class FormationCounter:
             self.counts[k] = self.counts.get(k, 0) + int(c)
         self.total += len(flat)
 
+    def update_sequential(self, keys: np.ndarray) -> np.ndarray:
+        """Count the keys (..., 4n) one after the other; -> (...,) each key's count right after its own visit.
+
+        This is the ``visit`` the released runner stores with each step when it is collected (F1).
+        """
+        keys = np.asarray(keys, np.float64)
+        flat = keys.reshape(-1, keys.shape[-1])
+        out = np.empty(len(flat), np.int64)
+        for i, row in enumerate(flat):
+            k = self._key(row)
+            out[i] = self.counts[k] = self.counts.get(k, 0) + 1
+        self.total += len(flat)
+        return out.reshape(keys.shape[:-1])
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """N(F) for each key of ``keys`` (..., 4n) -> (...,) int64 (0 for unseen formations)."""
         keys = np.asarray(keys, np.float64)
@@ -115,9 +137,11 @@ def count_bonus(counts: np.ndarray, beta1: float, normalisation: str = "grf", ma
     """FoX's count bonus from visit counts of the next formation (spec §4).
 
     ``"grf"``: ``beta1 * N^(-1/2)``; ``"smac"``: ``beta1 * (N^(-1/2) - max over the batch of N^(-1/2))``
-    (the max over valid steps when ``mask`` is given). Unseen formations (N = 0) count as N = 1.
+    (the max over valid steps when ``mask`` is given). A formation that was never counted (N = 0: the terminal
+    formation when it is not counted) gives ``N^(-1/2) = 0``, as the released ``where(visit != 0)``.
     """
-    inv = 1.0 / np.sqrt(np.maximum(np.asarray(counts, np.float64), 1.0))
+    counts = np.asarray(counts, np.float64)
+    inv = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1.0)), 0.0)
     if normalisation == "grf":
         return beta1 * inv
     if normalisation == "smac":

@@ -1,6 +1,6 @@
 """FoX's formation VAE and the formation-awareness bonus (spec: shared/specs/fox.md §3-4).
 
-Three parts, each with its own Adam optimiser (lr 1e-3, grad-norm clip 1.0):
+Three parts, each with its own Adam optimiser (lr 1e-3, grad-norm clip 1.0 per part, or jointly as released):
 
 * ``encoder``: q(z | h): GRU state h (64) -> 128 -> 128 (ReLU) -> mu, log sigma^2 (latent 64);
 * ``decoder``: [z_i, z_far, z_near] -> 128 -> 128 -> sigmoid -> 4n, reconstructing F / ``key_scale``;
@@ -61,6 +61,7 @@ class FormationVAE(nn.Module):
         lr: Adam learning rate of each part (1e-3).
         grad_clip: grad-norm clip of each part (1.0).
         released_grad_accumulation: reproduce the released code's accumulated gradients.
+        joint_clip: clip the three parts' gradients together (released ``FNet.py``) instead of each part alone.
         kl_weight: weight of every KL term [marlx option; the paper's losses use 1.0]. With keys scaled by
             1/1000 the reconstruction errors are small, and at 1.0 the KL terms can dominate so that the latent
             carries little formation information; a smaller weight (a beta-VAE) lets it carry more.
@@ -80,6 +81,7 @@ class FormationVAE(nn.Module):
         released_grad_accumulation: bool = False,
         kl_weight: float = 1.0,
         encoder: FormationEncoder | None = None,
+        joint_clip: bool = False,
     ):
         super().__init__()
         self.n_agents = n_agents
@@ -89,6 +91,8 @@ class FormationVAE(nn.Module):
         self.grad_clip = grad_clip
         self.released_grad_accumulation = released_grad_accumulation
         self.kl_weight = kl_weight
+        self.joint_clip = joint_clip
+        self.steps_taken = 0
         # FoX's agents read the encoder at action time: the RLModule owns it and passes it in.
         self.encoder = encoder if encoder is not None else FormationEncoder(hidden_dim, vae_hidden, latent_dim)
         self.decoder = _mlp(3 * latent_dim, vae_hidden, 4 * n_agents, sigmoid=True)
@@ -136,58 +140,107 @@ class FormationVAE(nn.Module):
                 grads = torch.autograd.grad(targets[name], params, retain_graph=True, allow_unused=True)
                 for p, g in zip(params, grads):
                     p.grad = g
+        if self.joint_clip:  # released FNet.py: one clip over encoder + decoder + decoder_tau
+            nn.utils.clip_grad_norm_([p for m in parts.values() for p in m.parameters()], self.grad_clip)
         for name, module in parts.items():
-            nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
+            if not self.joint_clip:
+                nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
             self.optimizers[name].step()
+        self.steps_taken += 1
         return {k: float(v.detach()) for k, v in loss.items()}
 
     # -- awareness bonus ---------------------------------------------------------------------------
     @torch.no_grad()
-    def awareness_log_ratio(self, h_i, h_far, h_near, keys, n_samples: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample ``b = log q - (log p_i + log p_far + log p_near) / 3`` and ``log q`` (averaged over samples).
+    def awareness_log_ratio(self, h_i, h_far, h_near, keys, n_samples: int = 20, target: str = "raw",
+                            per_sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``b = log q - (log p_i + log p_far + log p_near) / 3`` and ``log q``, per latent sample or averaged.
 
         ``log q = -||Dec(z_i, z_far, z_near) - F||^2``; ``log p_x`` keeps only z_x and replaces the two other
-        latents by N(0, I) noise. Shapes: ``h_*`` (..., hidden), ``keys`` (..., 4n) -> (...,) each.
+        latents by N(0, I) noise. ``target="raw"`` compares the decoder's output with the raw key F (the spec's
+        formula and the released ``get_log_pi`` on ``batch["formation"]``); ``"scaled"`` with F / key_scale
+        (the VAE's own training target). Shapes: ``h_*`` (..., hidden), ``keys`` (..., 4n) -> (...,) each, or
+        (n_samples, ...) with ``per_sample``.
         """
-        target = keys.float() / self.key_scale
+        if target not in ("raw", "scaled"):
+            raise ValueError(f"awareness target must be 'raw' or 'scaled', got {target!r}")
+        goal = keys.float() if target == "raw" else keys.float() / self.key_scale
         stats = [self.encoder(h) for h in (h_i, h_far, h_near)]
-        log_q = torch.zeros(target.shape[:-1], device=target.device)
-        log_p = torch.zeros(target.shape[:-1], device=target.device)
+        err = lambda parts: -((self.decoder(torch.cat(parts, -1)) - goal) ** 2).sum(-1)  # noqa: E731
+        log_q, log_p = [], []
         for _ in range(n_samples):
             z = [FormationEncoder.sample(m, v) for m, v in stats]
             noise = [torch.randn_like(zz) for zz in z]
-            err = lambda parts: -((self.decoder(torch.cat(parts, -1)) - target) ** 2).sum(-1)  # noqa: E731
-            log_q += err(z)
-            log_p += (err([z[0], noise[1], noise[2]]) + err([noise[0], z[1], noise[2]]) + err([noise[0], noise[1], z[2]])) / 3
-        log_q /= n_samples
-        log_p /= n_samples
-        return log_q - log_p, log_q
+            log_q.append(err(z))
+            log_p.append((err([z[0], noise[1], noise[2]]) + err([noise[0], z[1], noise[2]])
+                          + err([noise[0], noise[1], z[2]])) / 3)
+        log_q, log_p = torch.stack(log_q), torch.stack(log_p)
+        if per_sample:
+            return log_q - log_p, log_q
+        return (log_q - log_p).mean(0), log_q.mean(0)
 
 
 class AwarenessNormaliser:
     """Min-max normalisation of per-agent awareness bonuses over the batch, scaled by |mean log q| relative to
-    its running max (spec §4). ``mode="grf"`` maps to [0, 1], ``"smac"`` to [-1, 0]."""
+    its running max (spec §4). ``mode="grf"`` maps to [0, 1], ``"smac"`` to [-1, 0].
 
-    def __init__(self, mode: str = "grf"):
+    Args:
+        mode: ``"grf"`` or ``"smac"``.
+        per_agent: a separate min-max and running max for each agent (the last axis), as the released
+            ``FOX_QMIX.py`` loops over agents; False: one over all agents (marlx's earlier choice).
+        before_mean: the inputs carry a leading axis of latent samples; min-max over them too, then average
+            (released: normalised per sample, so the averages need not span [0, 1]); False: the inputs are
+            already averaged over samples.
+
+    Padded steps (``mask`` 0) never enter the min, max or mean (the released code includes them; marlx keeps
+    its fix).
+    """
+
+    def __init__(self, mode: str = "grf", per_agent: bool = False, before_mean: bool = False):
         if mode not in ("grf", "smac"):
             raise ValueError(f"normalisation must be 'grf' or 'smac', got {mode!r}")
         self.mode = mode
-        self.running_max = 0.0
+        self.per_agent = per_agent
+        self.before_mean = before_mean
+        self.running_max: float | list[float] = 0.0
 
     def __call__(self, b: torch.Tensor, log_q: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        valid = b if mask is None else b[mask.bool()]
-        if valid.numel() == 0:
-            return torch.zeros_like(b)
-        lo, hi = valid.min(), valid.max()
-        scaled = (b - lo) / (hi - lo).clamp_min(1e-8)
+        """``b``, ``log_q``: ``[(S,) ..., n]``; ``mask``: ``[..., n]`` -> normalised ``[..., n]``."""
+        shape = b.shape[1:] if self.before_mean else b.shape
+        valid = torch.ones(shape, dtype=torch.bool, device=b.device) if mask is None else mask.bool()
+        if self.before_mean:
+            valid = valid.unsqueeze(0).expand_as(b)
+        if not valid.any():
+            return torch.zeros(shape, device=b.device)
+        # reduce over every axis but the agents' (per_agent) or over all
+        flat_b = b.reshape(-1, b.shape[-1]) if self.per_agent else b.reshape(-1, 1)
+        flat_q = log_q.reshape(flat_b.shape)
+        flat_v = valid.reshape(flat_b.shape)
+        inf = torch.tensor(float("inf"), device=b.device)
+        lo = torch.where(flat_v, flat_b, inf).min(0).values
+        hi = torch.where(flat_v, flat_b, -inf).max(0).values
+        count = flat_v.sum(0).clamp(min=1)
+        mean_abs = (torch.where(flat_v, flat_q, 0.0).sum(0) / count).abs()
+        lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+        scaled = (b - lo) / (hi - lo).clamp_min(1e-8) if self.per_agent else (b - lo[0]) / (hi - lo).clamp_min(1e-8)[0]
         if self.mode == "smac":
             scaled = scaled - 1.0
-        mean_abs = float((log_q if mask is None else log_q[mask.bool()]).mean().abs())
-        self.running_max = max(self.running_max, mean_abs)
-        return scaled * (mean_abs / max(self.running_max, 1e-8))
+        if self.before_mean:
+            scaled = scaled.mean(0)
+        values = mean_abs.tolist()
+        if self.per_agent:
+            prev = self.running_max if isinstance(self.running_max, list) and len(self.running_max) == len(values) \
+                else [float(self.running_max)] * len(values)
+            self.running_max = [max(p, v) for p, v in zip(prev, values)]
+            factor = torch.tensor([v / max(m, 1e-8) for v, m in zip(values, self.running_max)], device=b.device)
+        else:
+            self.running_max = max(float(self.running_max if not isinstance(self.running_max, list)
+                                         else max(self.running_max)), values[0])
+            factor = torch.tensor(values[0] / max(self.running_max, 1e-8), device=b.device)
+        return scaled * factor
 
     def get_state(self) -> dict:
         return {"running_max": self.running_max}
 
     def set_state(self, state: dict) -> None:
-        self.running_max = float(state["running_max"])
+        rm = state["running_max"]
+        self.running_max = [float(v) for v in rm] if isinstance(rm, (list, tuple)) else float(rm)

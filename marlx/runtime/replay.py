@@ -191,3 +191,68 @@ class TeamEpisodeReplay:
         else:  # contents not checkpointed: the buffer is empty and refills from fresh episodes
             self.size = 0
             self.pos = 0
+
+
+class PrioritisedTeamEpisodeReplay(TeamEpisodeReplay):
+    """Episode replay sampled in proportion to ``priority ** alpha`` (FoX's GRF run, ``fox_qmix_prior``).
+
+    As the released ``ReplayBuffer_Prior`` (``FOX_GRF/config/algs/FOX_QMIX.yaml``: ``alpha: 0.3``): a new episode
+    gets priority 1, a trained episode the mean squared TD error of its valid steps (:meth:`update_priorities`),
+    and there is no importance-sampling correction. marlx draws a batch's episodes without replacement (distinct
+    episodes, like the uniform replay); a priority is kept >= ``min_priority`` so that every episode stays drawable.
+
+    ``priority_source``: an optional callable returning the priorities of the previous batch (or ``None``); it
+    is called before each draw, so that the learner's TD errors of one update set the priorities of the next.
+    """
+
+    def __init__(self, capacity: int = 5000, obs_dtype: str = "float32", seed: int | None = None,
+                 extra_columns: Iterable[str] = (), alpha: float = 0.3, min_priority: float = 1e-6):
+        super().__init__(capacity, obs_dtype, seed, extra_columns)
+        self.alpha = float(alpha)
+        self.min_priority = float(min_priority)
+        self.priorities = np.ones(self.capacity, np.float64)
+        self.last_indices: np.ndarray | None = None
+        self.priority_source = None
+        self._overwritten: set[int] = set()
+
+    def add_arrays(self, ep: dict) -> None:
+        self.priorities[self.pos] = 1.0
+        self._overwritten.add(self.pos)  # a new episode here: the previous batch's TD error is not its own
+        super().add_arrays(ep)
+
+    def probabilities(self) -> np.ndarray:
+        p = np.maximum(self.priorities[: self.size], self.min_priority) ** self.alpha
+        return p / p.sum()
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        if not self.can_sample(batch_size):
+            raise ValueError(f"replay holds {self.size} episodes, cannot sample {batch_size}")
+        if self.priority_source is not None and self.last_indices is not None:
+            values = self.priority_source()
+            if values is not None:
+                values = np.asarray(values, np.float64).reshape(-1)
+                if len(values) != len(self.last_indices):
+                    raise ValueError(f"{len(values)} priorities for {len(self.last_indices)} sampled episodes")
+                keep = np.array([int(i) not in self._overwritten for i in self.last_indices], bool)
+                self.update_priorities(self.last_indices[keep], values[keep])
+        idx = np.sort(self.rng.choice(self.size, batch_size, replace=False, p=self.probabilities()))
+        self.last_indices = idx
+        self._overwritten = set()
+        return self.gather(idx)
+
+    def update_priorities(self, indices: np.ndarray, values: np.ndarray) -> None:
+        values = np.asarray(values, np.float64).reshape(-1)
+        if len(values) != len(indices):
+            raise ValueError(f"{len(values)} priorities for {len(indices)} sampled episodes")
+        self.priorities[np.asarray(indices)] = values
+
+    def get_state(self, include_data: bool = False) -> dict:
+        return super().get_state(include_data) | {"priorities": self.priorities.copy()}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if "priorities" in state and "data" in state:
+            self.priorities = np.asarray(state["priorities"], np.float64)
+        else:
+            self.priorities = np.ones(self.capacity, np.float64)
+        self.last_indices = None

@@ -27,7 +27,7 @@ def fox_config(**training):
 
 
 def test_count_component_counts_every_collected_step_and_serves_bonus_of_next_formation():
-    count = FoXCount({"formation_round": 3, "beta1": 0.1}, None, None, where="driver")
+    count = FoXCount({"formation_round": 3, "beta1": 0.1, "count_at": "sampling"}, None, None, where="driver")
     rng = np.random.default_rng(0)
     obs = {"obs": rng.normal(size=(4, 2, 3)).astype(np.float32), "state": np.zeros((4, 1), np.float32),
            "avail": np.ones((4, 2, 5), np.float32)}
@@ -39,7 +39,7 @@ def test_count_component_counts_every_collected_step_and_serves_bonus_of_next_fo
     replay.add([ep, ep])
     batch = replay.sample(2)
     count.annotate(batch)
-    keys = FormationKeyer(3, 3, 0).keys(obs["obs"].astype(np.float64))
+    keys = FormationKeyer(3, 3, 0, "msb").keys(obs["obs"].astype(np.float64))
     np.testing.assert_allclose(batch[FOX_KEYS][0], keys.astype(np.float32))
     np.testing.assert_allclose(batch[FOX_COUNT_BONUS][0], 0.1 / np.sqrt(2) * np.ones(3), rtol=1e-6)
     restored = FoXCount({}, None, None, where="driver")
@@ -57,8 +57,19 @@ def test_fox_trains_with_bonuses_and_evaluation_does_not_count(ray_session, tmp_
         for key in ("intrinsic/fox_count_mean", "intrinsic/fox_awareness_mean", "intrinsic/fox_awareness/vae_L1",
                     "fox_local_l1", "td_loss"):
             assert key in learner, key
-        assert learner["intrinsic/fox_count_mean"] > 0 and learner["intrinsic/fox_awareness_mean"] >= 0
+        # awareness: beta2 * sum over 3 agents of values in [0, 1] (some agent's max is scaled by a factor > 0)
+        assert 0 < learner["intrinsic/fox_awareness_mean"] <= 0.02 * 3
         counter = algo.formation_counter
+        # count bonus: beta1 / sqrt(N) with N stored when the step was collected (never above today's count)
+        count = next(c for c in algo.intrinsic if c.name == "fox_count")
+        batch = algo.replay.sample(8)
+        count.annotate(batch)
+        mask = batch["mask"].astype(bool)
+        visits = batch["fox_visit_next"][mask]
+        assert visits.min() >= 1
+        np.testing.assert_allclose(batch[FOX_COUNT_BONUS][mask], 0.01 / np.sqrt(visits), rtol=1e-6)
+        now = counter.lookup(count._keys(count._vectors(batch))[0][:, 1:])[mask]
+        assert (visits <= now).all() and (visits < now).any()
         total, distinct = counter.total, len(counter)
         assert total == algo.replay.steps_added + algo.replay.episodes_added  # T+1 formations per episode
         algo.evaluate()
@@ -85,15 +96,24 @@ def test_fox_trains_with_bonuses_and_evaluation_does_not_count(ray_session, tmp_
 
 
 @pytest.mark.slow
-def test_fox_formations_from_positions_and_released_flag(ray_session):
-    algo = fox_config(formation_source="positions", released_grad_accumulation=True, beta2=0.0).build_algo()
+def test_fox_released_options_train_positions_priorities_and_vae_schedule(ray_session):
+    algo = fox_config(formation_source="positions", released_grad_accumulation=True, beta2=0.0,
+                      prioritised_replay_alpha=0.3, vae_schedule="episodes", vae_every_episodes=4, vae_steps=25,
+                      vae_joint_clip=True, target_encoder="live", count_terminal_formation=False).build_algo()
     try:
-        for _ in range(2):
+        for _ in range(3):  # 4 episodes per iteration; the first update at 8 episodes
             result = algo.train()
         count = next(c for c in algo.intrinsic if c.name == "fox_count")
         assert count.keyer.dim == 2  # keys from (x, y) positions
-        assert "intrinsic/fox_awareness/vae_L1" in result["learners"]["default_policy"]
-        assert algo.learner_group._learner.vaes["default_policy"].released_grad_accumulation
+        assert count.counter.total == algo.replay.steps_added  # T formations per episode: F_T is not counted
+        learner = result["learners"]["default_policy"]
+        assert learner["intrinsic/fox_awareness/vae_steps"] == 25  # 4 new episodes = one block of 25 steps
+        vae = algo.learner_group._learner.vaes["default_policy"]
+        assert vae.steps_taken == 50 and vae.joint_clip and vae.released_grad_accumulation
+        # the second update's sample took the first update's TD errors as priorities (new episodes stay at 1)
+        prio = algo.replay.priorities[: len(algo.replay)]
+        assert len(prio) == 12 and (prio[:8] != 1.0).all() and (prio[8:] == 1.0).all()
+        assert np.isfinite(prio).all() and (prio >= 0).all()
     finally:
         algo.stop()
 
@@ -109,7 +129,7 @@ def test_formation_head_samples_z_by_default_and_mean_is_deterministic():
 
     torch.manual_seed(0)
     x, h = torch.randn(6, 10), torch.zeros(6, 64)
-    sampled = FormationAwareAgent(RNNAgent(10, 5, 64), n_agents=3, n_actions=5, latent_dim=8, vae_hidden=16, local_hidden=16)
+    sampled = FormationAwareAgent(RNNAgent(10, 5, 64), n_agents=3, n_actions=5, latent_dim=8, vae_hidden=16, local_hidden=0)
     q1, q2 = sampled(x, h)[0], sampled(x, h)[0]
     assert not torch.allclose(q1, q2)
     sampled.sample_latent = False
@@ -117,7 +137,7 @@ def test_formation_head_samples_z_by_default_and_mean_is_deterministic():
     # gradients of the TD loss never reach the encoder
     sampled(x, h)[0].sum().backward()
     assert all(p.grad is None for p in sampled.encoder.parameters())
-    assert sampled.formation_head.weight.grad is not None and sampled.local_w1.grad is not None
+    assert sampled.formation_head.weight.grad is not None and sampled.local_w2.grad is not None
 
 
 def _episode(obs_rows):

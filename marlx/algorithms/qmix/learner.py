@@ -119,6 +119,7 @@ class QMIXLearner(TorchLearner):
             targets = compute_targets(rewards, terminated, mask, next_values, config.gamma,
                                       config.td_lambda, config.n_step)
         td_error = (q_tot - targets) * mask
+        self.__dict__.setdefault("last_td_error", {})[module_id] = td_error.detach()  # [B, T], prioritised replay
         n_valid = mask.sum().clamp(min=1)
         loss = (td_error**2).sum() / n_valid
 
