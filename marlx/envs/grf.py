@@ -143,6 +143,9 @@ class GRFTeamEnv(TeamEnv):
         representation: ``"simple115v2"``, ``"simple115"``, ``"extracted"`` or ``"ego"`` (CDS/FoX's
             ego-centric vectors, :func:`ego_observation`; the engine runs with simple115v2 underneath).
         ego_opponents: right players in the ``ego`` view (default: ``EGO_OPPONENTS`` or the whole right team).
+        time_limit_terminates: ``"sparse"`` only: the time limit (``episode_limit`` or gfootball's own) terminates
+            (reward -1, no bootstrap) as in the released FoX/CDS env, whose info has no ``episode_limit`` so that
+            PyMARL's runner records a termination; default False: it truncates (marlx's convention).
         reward: ``"scoring"``, ``"scoring,checkpoints"`` or ``"sparse"`` (FoX/CDS).
         episode_limit: steps before truncation; default 150 for ``"sparse"``, else the scenario's
             ``game_duration`` (400 for academy tasks, 3000 for full games).
@@ -162,6 +165,7 @@ class GRFTeamEnv(TeamEnv):
         team_reward: str = "mean",
         other_config_options: dict | None = None,
         ego_opponents: int | None = None,
+        time_limit_terminates: bool = False,
     ):
         if scenario not in GRF_SCENARIOS:
             from marlx.errors import UnknownNameError
@@ -177,6 +181,7 @@ class GRFTeamEnv(TeamEnv):
         from gfootball.env import config as gf_config
 
         self.scenario, self.reward_mode, self.team_reward = scenario, reward, team_reward
+        self.time_limit_terminates = bool(time_limit_terminates)
         self.representation = representation
         self.n_agents = int(n_agents or GRF_SCENARIOS[scenario])
         self.env = football_env.create_environment(
@@ -258,6 +263,8 @@ class GRFTeamEnv(TeamEnv):
             at_limit = self._t + 1 >= self.episode_limit
             terminated = bool(done and not timed_out) or self._in_our_half()
             self._env_truncated = timed_out
+            if self.time_limit_terminates and (timed_out or at_limit):
+                terminated, self._env_truncated = True, False
             if goal > 0:
                 reward = SPARSE_GOAL_REWARD
             else:

@@ -106,6 +106,16 @@ def test_sparse_time_limit_truncates_with_minus_one():
     env.close()
 
 
+def test_sparse_time_limit_terminates_when_asked():
+    # F14: the released FoX/CDS env makes the 150-step limit a termination (reward -1, no bootstrap)
+    env = GRFTeamEnv("academy_3_vs_1_with_keeper", reward="sparse", episode_limit=3, time_limit_terminates=True)
+    env.reset(seed=0)
+    for t in range(3):
+        _, r, term, trunc, _ = env.step(np.zeros(3, int))
+        assert (term, trunc, r) == (t == 2, False, -1.0 if t == 2 else 0.0)
+    env.close()
+
+
 def test_scoring_modes_and_team_reward():
     env = GRFTeamEnv("academy_empty_goal_close", reward="scoring")
     assert env.episode_limit == 400  # the scenario's game_duration
