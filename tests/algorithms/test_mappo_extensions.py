@@ -56,6 +56,38 @@ def test_constant_bonus_enters_the_per_agent_gae(ray_session):
         algo.stop()
 
 
+from marlx.intrinsic.base import IntrinsicReward, register_intrinsic
+
+
+@register_intrinsic("first_agent_bonus")
+class FirstAgentBonus(IntrinsicReward):
+    """A per-agent component (a user's own, registered by name): 1.0 for agent 0 on every valid step."""
+
+    def bonus(self, batch, fwd_out, module):
+        b = torch.zeros(*batch[MASK].shape, module.n_agents)
+        b[..., 0] = 1.0
+        return b
+
+
+def test_per_agent_bonus_reaches_only_its_agents_gae(ray_session):
+    algo = small_config(intrinsic={"first_agent_bonus": {}, "constant": {"value": 0.5}}, adv_norm="none",
+                        data_chunk_length=40).build_algo()
+    try:
+        data = fragments_to_batch(algo.env_runner.sample())
+        learner = algo.learner_group._learner
+        tensors = {k: torch.as_tensor(v) for k, v in data.items()}
+        chunks = learner.prepare(DEFAULT_POLICY_ID, dict(tensors))
+        module = learner.module[DEFAULT_POLICY_ID].unwrapped()
+        with torch.no_grad():
+            v = module.value_norm.denormalize(module.values(module.team_obs(tensors)))
+        r = (tensors[Columns.REWARDS] + 0.5).unsqueeze(-1).repeat(1, 1, 2)
+        r[..., 0] += 1.0  # team constant for both agents, the per-agent bonus for agent 0 only
+        expected = gae(r, v, tensors[Columns.TERMINATEDS], tensors[TRUNCATEDS], tensors[MASK], 0.99, 0.95)[0]
+        assert torch.allclose(chunks[ADV][:, : expected.shape[1]], expected, atol=1e-5)
+    finally:
+        algo.stop()
+
+
 def test_fox_count_bonus_runs_on_mappo(ray_session):
     algo = small_config(intrinsic={"fox_count": {"beta1": 0.1}}).build_algo()
     try:
