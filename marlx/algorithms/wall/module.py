@@ -20,7 +20,7 @@ from marlx.attacks.transformers import (ATTACK_PERIOD, DROPOUT, EMBED_DIM, INPUT
                                         NUM_LAYERS, PlanningTransformer, QDifferenceTransformer)
 from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES, QMIXRLModule
 
-WALL_HIDDEN = "wall_hidden"
+from marlx.attacks.training import WALL_HIDDEN  # noqa: E402,F401 (the fwd_out key)
 
 #: model_config keys of the attacker models with WALL's defaults (``config/algs/wall_qmix.yaml:42-46``)
 WALL_MODEL_DEFAULTS: dict[str, Any] = {
