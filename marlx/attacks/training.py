@@ -122,9 +122,9 @@ class WolfpackModelTraining:
         def flat(x):
             return x.reshape(b * length, *x.shape[2:])
 
-        def plan(states, hidden, actions):
-            next_state, embed = planner(states, hidden, actions)
-            return next_state[:, -1], planner.all_next_obs(embed[:, -1])
+        def plan(states, hidden, actions):  # read at the last position (computed there alone: forward_last)
+            next_state, embed = planner.forward_last(states, hidden, actions)
+            return next_state, planner.all_next_obs(embed)
 
         def agent_q(obs, last_onehot, hidden):
             q, _ = module.agent_q_values({"obs": obs}, last_onehot.argmax(-1), hidden)

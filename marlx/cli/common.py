@@ -86,10 +86,51 @@ def add_evaluate_args(p: argparse.ArgumentParser, algo_flags: tuple[str, ...] = 
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the envs and the attack (default: the run's); with --video, episode k starts from "
                         "reset(seed=SEED+k) (default SEED 0)")
+    add_attacker_args(p)
     p.add_argument("--video", default=None, metavar="PATH",
                    help="render the greedy episodes to PATH (.mp4 or .gif) instead: they are played in this process, "
                         "the numbers printed are theirs")
     p.add_argument("--fps", type=float, default=4.0, help="frames per second of --video (default 4)")
+
+
+def add_attacker_args(p: argparse.ArgumentParser) -> None:
+    """Flags of Wolfpack's attacker fit (``marlx attack`` and ``evaluate --attack wolfpack``)."""
+    p.add_argument("--fit-steps", type=int, default=None, metavar="N",
+                   help="wolfpack on a policy not trained with WALL: env steps of the attacker fit against the "
+                        "frozen policy (default 20000; a saved attacker is reused unless N differs)")
+    p.add_argument("--refit", action="store_true",
+                   help="fit the Wolfpack attacker again instead of reusing the saved one (on a WALL checkpoint: "
+                        "fit one instead of using the checkpoint's own)")
+    p.add_argument("--attacker-dir", default=None, metavar="DIR",
+                   help="where the fitted attacker and the results go (default: CHECKPOINT_attack beside the "
+                        "checkpoint)")
+
+
+def add_attack_args(p: argparse.ArgumentParser) -> None:
+    """``marlx attack CHECKPOINT --attack wolfpack|random [--budget K] [--episodes 32] [--fit-steps N] ...``."""
+    p.add_argument("checkpoint", help="checkpoint folder (or a run folder: its newest checkpoint is used)")
+    p.add_argument("--attack", required=True, help="wolfpack (value-based checkpoints) or random (any team "
+                                                   "checkpoint; ROMANCE's, 10%% per agent and step)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="attacked time steps per episode (default: wolfpack 8, WALL's test budget; random 6)")
+    p.add_argument("--episodes", type=int, default=32, help="natural and attacked episodes each (default 32)")
+    add_attacker_args(p)
+    p.add_argument("--seed", type=int, default=None, help="seed of the envs, the attack and the attacker fit "
+                                                          "(default: the run's)")
+    p.add_argument("--algo", default=None, help="expected algorithm (checked against the checkpoint)")
+    p.add_argument("--address", default=None)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def attack_command(args: argparse.Namespace) -> int:
+    from marlx.errors import MarlxError
+
+    if args.attack in (None, "none"):
+        raise MarlxError("marlx attack needs --attack wolfpack or --attack random (marlx evaluate plays natural "
+                         "episodes only)")
+    return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json,
+                              attack=args.attack, budget=args.budget, seed=args.seed, fit_steps=args.fit_steps,
+                              refit=args.refit, out=args.attacker_dir)
 
 
 def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
@@ -108,7 +149,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.video:
         return video_and_print(args)
     return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json,
-                              attack=args.attack, budget=args.budget, seed=args.seed)
+                              attack=args.attack, budget=args.budget, seed=args.seed, fit_steps=args.fit_steps,
+                              refit=args.refit, out=args.attacker_dir)
 
 
 def video_and_print(args: argparse.Namespace) -> int:
@@ -150,6 +192,13 @@ def print_evaluation(res: dict, as_json: bool) -> None:
               f"  {'attacked':9} {att['return_mean']:8.3f} {att['success_rate']:8.2f} {att['length_mean']:7.1f} "
               f"{att['attacked_steps_mean']:19.2f}/{att['attacked_steps_max']}\n"
               f"  hits per agent and episode: {att['hits_per_agent']}\n  checkpoint: {res['checkpoint']}")
+        if "attacker" in res:
+            a = res["attacker"]
+            where = ("the checkpoint's own Q-difference transformer (trained with WALL)" if a["source"] == "checkpoint"
+                     else f"{a['source']} against the frozen policy ({a.get('fit_steps')} env steps): {a['path']}")
+            print(f"  attacker: {where}")
+        if "results_file" in res:
+            print(f"  results: {res['results_file']}")
     else:
         print(
             f"{res['algorithm']} on {res['env']}: {res['episodes']} greedy episodes | return {res['return_mean']:.3f} "
@@ -180,7 +229,8 @@ def train_experiments(data: dict, source: str, resume: bool, address: str | None
 
 
 def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address: str | None, as_json: bool,
-                       attack: str | None = None, budget: int | None = None, seed: int | None = None) -> int:
+                       attack: str | None = None, budget: int | None = None, seed: int | None = None,
+                       fit_steps: int | None = None, refit: bool = False, out: str | None = None) -> int:
     from marlx.cli.evaluate import attack_spec, checkpoint_algorithm, evaluate_checkpoint, find_checkpoint
     from marlx.cli.runner import init_ray
 
@@ -188,9 +238,12 @@ def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address
 
     if episodes < 1:
         raise MarlxError(f"--episodes must be >= 1, got {episodes}")
+    if fit_steps is not None and fit_steps < 1:
+        raise MarlxError(f"--fit-steps must be >= 1 env steps, got {fit_steps}")
     found = find_checkpoint(checkpoint)  # fail on a bad path, attack or budget before Ray starts
     attack_spec(attack, budget, checkpoint_algorithm(found)[0])
     init_ray(address)
-    res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed)
+    res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed,
+                              fit_steps=fit_steps, refit=refit, out=out)
     print_evaluation(res, as_json)
     return 0

@@ -70,8 +70,9 @@ ATTACK_CHOICES = ("none", "random", "wolfpack")
 def attack_spec(attack: str | None, budget: int | None, cls: type) -> dict | None:
     """The runner's ``attack`` entry for ``--attack NAME [--budget K]`` on a checkpoint of ``cls``.
 
-    Wolfpack times its attacks with a Q-difference transformer that only WALL checkpoints carry; on any other
-    value-based checkpoint it starts attacks with the released "random" schedule (10% per ready step) instead.
+    Wolfpack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL, FIM checkpoints); it times its attacks
+    with a Q-difference transformer: a WALL checkpoint's own, or one fitted against the frozen policy
+    (:func:`resolve_attacker`). Both attacks need a checkpoint of marlx's team runner.
     """
     from marlx.errors import MarlxError, UnknownNameError
 
@@ -88,36 +89,84 @@ def attack_spec(attack: str | None, budget: int | None, cls: type) -> dict | Non
         from marlx.algorithms.qmix import QMIX
 
         if not issubclass(cls, QMIX):
-            raise MarlxError(f"the wolfpack attack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL "
-                             f"checkpoints); {cls.__name__} has none: use --attack random")
-        from marlx.algorithms.wall import WALL
-
-        if not issubclass(cls, WALL):
-            spec["schedule"] = "random"
+            raise MarlxError(f"the wolfpack attack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL, FIM "
+                             f"checkpoints); {cls.__name__} has none: use --attack random on a team checkpoint")
+    if not getattr(cls, "marlx_team_algorithm", False):
+        raise MarlxError(f"{cls.__name__} does not run on marlx's team runner, so it cannot be attacked: attacks "
+                         "work on checkpoints of marlx's team algorithms (marlx algos)")
     return spec
 
 
+def attacker_dir(checkpoint: str, out: str | None = None) -> str:
+    """Where ``marlx attack`` keeps the fitted attacker and its results: ``<checkpoint>_attack`` beside it."""
+    return os.path.abspath(out) if out else checkpoint.rstrip(os.sep) + "_attack"
+
+
+def train_budget(config) -> int:
+    """WALL's training budget for the victim's mixer (``num_attack_train``: QMIX 12, VDN preset 16)."""
+    from marlx.attacks.fit import TRAIN_BUDGETS
+
+    return TRAIN_BUDGETS.get(getattr(config, "mixer", "qmix"), TRAIN_BUDGETS["qmix"])
+
+
+def resolve_attacker(algorithm, config, cls, folder: str, fit_steps: int | None, refit: bool, seed: int,
+                     log) -> tuple[object | None, dict]:
+    """The Q-difference transformer Wolfpack uses: ``(model or None for the module's own, info)``.
+
+    A WALL checkpoint carries its own (co-trained with the policy); any other value-based checkpoint gets one
+    fitted against the frozen policy on the algorithm's training runner (:func:`marlx.attacks.fit.fit_attacker`),
+    saved to ``folder`` and reused by later calls (``refit`` redoes it; a different ``fit_steps`` too).
+    """
+    from marlx.algorithms.wall import WALL
+    from marlx.attacks.fit import ATTACKER_FILE, FIT_STEPS, FitOptions, fit_attacker, load_attacker, save_attacker
+
+    if issubclass(cls, WALL) and not refit and fit_steps is None:
+        return None, {"source": "checkpoint"}
+    path = os.path.join(folder, ATTACKER_FILE)
+    runner = algorithm.env_runner_group.local_env_runner
+    if os.path.isfile(path) and not refit:
+        models, meta = load_attacker(path, runner.module)
+        if fit_steps is None or int(meta.get("fit_steps", -1)) == int(fit_steps):
+            log(f"reusing the Wolfpack attacker fitted for {meta.get('fit_steps')} env steps: {path} "
+                "(--refit fits a new one)")
+            return models.qdiff_transformer, {"source": "reused", "path": path, **meta}
+        log(f"the saved attacker was fitted for {meta.get('fit_steps')} env steps, --fit-steps {fit_steps} asked: "
+            "fitting again")
+    steps = int(FIT_STEPS if fit_steps is None else fit_steps)
+    options = FitOptions(steps=steps, budget=train_budget(config), seed=int(seed))
+    models, summary = fit_attacker(runner, options, log=log)
+    meta = {"fit_steps": steps, "fit_budget": options.budget, "seed": int(seed), **summary}
+    save_attacker(path, models, meta)
+    log(f"saved the fitted attacker: {path}")
+    return models.qdiff_transformer, {"source": "fitted", "path": path, **meta}
+
+
 def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, explore: bool = False,
-                        attack: str | None = None, budget: int | None = None, seed: int | None = None) -> dict:
+                        attack: str | None = None, budget: int | None = None, seed: int | None = None,
+                        fit_steps: int | None = None, refit: bool = False, out: str | None = None,
+                        log=None) -> dict:
     """Run ``episodes`` greedy episodes of the policy in a checkpoint on its training env, locally.
 
     Returns ``{"checkpoint", "algorithm", "env", "episodes", "return_mean", "success_rate", "length_mean"}``
     (natural episodes). With ``attack`` ("random" or "wolfpack"; ``budget`` attacked steps per episode, default
     the attack's), the same number of attacked episodes is played too, and the result also holds
-    ``"attack"`` (the attack's options), ``"budget"``, ``"natural"`` and ``"attacked"``, each
-    ``{"return_mean", "success_rate", "length_mean", "attacked_steps_mean", "attacked_steps_max", "hits_per_agent"}``.
+    ``"attack"`` (the attack's options), ``"budget"``, ``"natural"`` ``{"return_mean", "success_rate",
+    "length_mean"}`` and ``"attacked"`` (those plus ``"attacked_steps_mean"``, ``"attacked_steps_max"``,
+    ``"hits_per_agent"``); Wolfpack also ``"attacker"`` (where its Q-difference transformer came from, see
+    :func:`resolve_attacker`; fitted ones are kept in ``out``, default ``<checkpoint>_attack``). With an attack the
+    result is also written there as JSON.
     """
+    import json
+    import sys
+
     from marlx.attacks.evaluation import natural_and_attacked
 
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     path = find_checkpoint(path)
     cls, config = checkpoint_config(path, algo)
     spec = attack_spec(attack, budget, cls)
-    if spec is not None and not hasattr(config, "attack"):
-        from marlx.errors import MarlxError
-
-        raise MarlxError(f"{cls.__name__} does not run on marlx's team runner, so it cannot be attacked")
     if spec is not None and spec["name"] == "wolfpack":
-        # the follow-up selection differentiates through the mixer: keep it on the env runner
+        # the follow-up selection differentiates through the mixer: keep it on the env runners
         config.rl_module(model_config={**(config._model_config or {}), "mixer_on_runners": True})
     if seed is not None:
         config.debugging(seed=int(seed))
@@ -126,7 +175,7 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
     eval_config = {"explore": explore, "num_envs_per_env_runner": 1}
     if hasattr(config, "attack"):
         eval_config["attack"] = spec
-        config.attack = None  # the training runner plays nothing here
+        config.attack = None  # the training runner plays no attack (the attacker fit sets its own)
     config.evaluation(
         evaluation_interval=1,
         evaluation_num_env_runners=0,
@@ -134,13 +183,20 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
         evaluation_duration_unit="episodes",
         evaluation_config=eval_config,
     )
+    folder = attacker_dir(path, out)
+    attacker_info = None
     algorithm = config.build_algo()
     try:
         algorithm.restore_from_path(path)
         if hasattr(config, "attack"):
-            # the module weights (the mixer too, for wolfpack) go to the evaluation runner as RLlib's evaluate does
-            algorithm.eval_env_runner_group.sync_weights(from_worker_or_learner_group=algorithm.learner_group,
-                                                         inference_only=True)
+            # the module weights (the mixer too, for wolfpack) go to the runners as RLlib's evaluate does
+            for group in (algorithm.eval_env_runner_group, algorithm.env_runner_group):
+                group.sync_weights(from_worker_or_learner_group=algorithm.learner_group, inference_only=True)
+            if spec is not None and spec["name"] == "wolfpack":
+                fit_seed = int(config.seed) if config.seed is not None else 0
+                model, attacker_info = resolve_attacker(algorithm, config, cls, folder, fit_steps, refit, fit_seed, log)
+                if model is not None:
+                    algorithm.eval_env_runner_group.local_env_runner.attack.set_qdiff_transformer(model)
             which = ("natural", "attacked") if spec is not None else ("natural",)
             res = natural_and_attacked(algorithm.eval_env_runner_group, int(episodes), which=which)
             nat = res["natural"]
@@ -154,7 +210,7 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
         algorithm.stop()
     from marlx.callbacks import SUCCESS_METRIC
 
-    out = {
+    out_res = {
         "checkpoint": path,
         "algorithm": cls.__name__,
         "env": config.env if isinstance(config.env, str) else str(config.env),
@@ -167,12 +223,19 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
         from marlx.attacks.base import get_attack_class
 
         attack_cls = get_attack_class(spec["name"])
-        options = attack_cls({k: v for k, v in spec.items() if k != "name"}, 1, 1, 1).opts \
-            if spec["name"] in ("random", "wolfpack") else spec
-        out["attack"] = {"name": spec["name"], **{k: options[k] for k in ("budget", "schedule") if k in options}}
-        out["budget"] = int(options["budget"])
+        options = attack_cls({k: v for k, v in spec.items() if k != "name"}, 1, 1, 1).opts
+        out_res["attack"] = {"name": spec["name"], **{k: options[k] for k in ("budget", "schedule") if k in options}}
+        out_res["budget"] = int(options["budget"])
+        out_res["seed"] = None if config.seed is None else int(config.seed)
         keys = ("return_mean", "success_rate", "length_mean", "attacked_steps_mean", "attacked_steps_max",
                 "hits_per_agent")
-        out["natural"] = {k: res["natural"][k] for k in keys[:3]}
-        out["attacked"] = {k: res["attacked"][k] for k in keys}
-    return out
+        out_res["natural"] = {k: res["natural"][k] for k in keys[:3]}
+        out_res["attacked"] = {k: res["attacked"][k] for k in keys}
+        if attacker_info is not None:
+            out_res["attacker"] = attacker_info
+        os.makedirs(folder, exist_ok=True)
+        name = f"{spec['name']}_budget{out_res['budget']}_episodes{out_res['episodes']}_seed{out_res['seed']}.json"
+        out_res["results_file"] = os.path.join(folder, name)
+        with open(out_res["results_file"], "w") as f:
+            json.dump(out_res, f, indent=1)
+    return out_res

@@ -5,6 +5,7 @@
     marlx envs
     marlx algos
     marlx evaluate CHECKPOINT [--episodes N] [--video greedy.mp4 [--fps F]]
+    marlx attack CHECKPOINT --attack wolfpack|random [--budget K] [--episodes 32] [--fit-steps N] [--refit] [--json]
     marlx plot RUN_DIR... [--metric success_rate] [--x env_steps] [--out curves.png]
     marlx report RUN_DIR... [--metric success_rate] [--x env_steps] [--threshold T] [--out report.md]
 """
@@ -16,7 +17,8 @@ import os
 import sys
 
 from marlx.cli.common import (
-    add_evaluate_args, add_train_args, evaluate_command, file_with_overrides, prepare_process, run_command,
+    add_attack_args, add_evaluate_args, add_train_args, attack_command, evaluate_command, file_with_overrides,
+    prepare_process, run_command,
     train_experiments,
 )
 from marlx.cli.tune import add_tune_args
@@ -102,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run greedy episodes from a checkpoint")
     add_evaluate_args(e)
     e.set_defaults(func=evaluate_command)
+
+    a = sub.add_parser("attack", help="natural and attacked episodes of a checkpoint side by side (Wolfpack fits "
+                                      "its attacker against the frozen policy first, then reuses it)")
+    add_attack_args(a)
+    a.set_defaults(func=attack_command)
 
     pl = sub.add_parser("plot", help="learning curves of run folders: seeds as mean with a 95%% band")
     _add_run_args(pl, "curves.png")

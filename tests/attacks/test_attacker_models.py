@@ -43,6 +43,22 @@ def test_planning_transformer_shapes_and_full_attention():
     assert not torch.allclose(model(s2, h, a)[0][:, 0], next_state[:, 0])  # no mask: position 0 sees the last
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_planning_forward_last_equals_the_full_forward_at_the_last_position(layers):
+    torch.manual_seed(1)
+    model = PlanningTransformer(state_dim=6, obs_dim=5, n_agents=3, n_actions=4, hidden_dim=8, layers=layers).eval()
+    s, h, a = torch.randn(7, 20, 6), torch.randn(7, 20, 3, 8), torch.randn(7, 20, 3, 4)
+    full_state, full_embed = model(s, h, a)
+    last_state, last_embed = model.forward_last(s, h, a)
+    assert last_state.shape == (7, 6) and last_embed.shape == (7, 64)
+    assert torch.allclose(last_state, full_state[:, -1], atol=1e-5)
+    assert torch.allclose(last_embed, full_embed[:, -1], atol=1e-5)
+    # gradients flow the same way too
+    g_full = torch.autograd.grad(model(s, h, a)[0][:, -1].sum(), model.state_embed.weight)[0]
+    g_last = torch.autograd.grad(model.forward_last(s, h, a)[0].sum(), model.state_embed.weight)[0]
+    assert torch.allclose(g_full, g_last, atol=1e-4)
+
+
 def test_window_helpers():
     x = torch.arange(1, 6, dtype=torch.float32).view(1, 5)
     w = left_padded_windows(x, 3)
