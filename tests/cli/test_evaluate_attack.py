@@ -1,6 +1,7 @@
 """`marlx evaluate CKPT --attack ...` and `rllib evaluate ... --attack ...`: natural and attacked episodes of a saved
-QMIX and WALL checkpoint in one table / JSON object, the budget respected, repeatable with --seed; bad input (unknown
-attack, budget < 0, Wolfpack on a policy without Q values) gives one line and exit 2 before Ray starts."""
+QMIX (Wolfpack's attacker fitted, then reused) and WALL (its own attacker) checkpoint in one table / JSON object, the
+budget respected, repeatable with --seed; bad input (unknown attack, budget < 0, Wolfpack on a policy without Q
+values, an attack on a checkpoint off the team runner) gives one line and exit 2 before Ray starts."""
 
 import json
 
@@ -36,13 +37,17 @@ def run_json(main, argv, capsys):
 
 
 @pytest.mark.parametrize("which", ["qmix", "wall"])
-def test_wolfpack_json_natural_and_attacked(checkpoints, capsys, which):
+def test_wolfpack_json_natural_and_attacked(checkpoints, capsys, which, tmp_path):
+    # (a short fit: the replay never reaches 32 episodes, so the attacker is saved untrained; test_attack_cmd fits)
     argv = ["evaluate", checkpoints[which], "--attack", "wolfpack", "--budget", "3", "--episodes", "4", "--seed", "5",
-            "--json"]
+            "--json", "--fit-steps", "60", "--attacker-dir", str(tmp_path)]
+    if which == "wall":
+        argv = argv[:-4]  # a WALL checkpoint times its attacks with its own Q-difference transformer
     res = run_json(marlx_cmd.main, argv, capsys)
     assert res["attack"]["name"] == "wolfpack" and res["budget"] == 3 and res["episodes"] == 4
-    # QMIX has no Q-difference transformer: Wolfpack times its attacks with the random schedule there
-    assert res["attack"]["schedule"] == ("planner" if which == "wall" else "random")
+    # QMIX has no Q-difference transformer: one is fitted against the frozen policy (and reused below)
+    assert res["attack"]["schedule"] == "planner"
+    assert res["attacker"]["source"] == ("checkpoint" if which == "wall" else "fitted")
     assert set(res["natural"]) == {"return_mean", "success_rate", "length_mean"}
     att = res["attacked"]
     assert 0 <= att["attacked_steps_mean"] <= att["attacked_steps_max"] <= 3
@@ -51,6 +56,7 @@ def test_wolfpack_json_natural_and_attacked(checkpoints, capsys, which):
     # the same seed gives the same result (rllib evaluate too)
     again = run_json(rllib_cmd.main, argv, capsys)
     assert again["attacked"] == att and again["natural"] == res["natural"]
+    assert again["attacker"]["source"] == ("checkpoint" if which == "wall" else "reused")
 
 
 def test_random_attack_table(checkpoints, capsys):
@@ -82,7 +88,16 @@ def test_wolfpack_needs_a_value_based_policy():
     from marlx.cli.evaluate import attack_spec
     from marlx.errors import MarlxError
 
+    from marlx.algorithms.fox import FoX
+    from marlx.algorithms.qmix import QMIX, VDN
+    from marlx.algorithms.wall import WALL
+    from marlx.algorithms.fim import FIM
+
     with pytest.raises(MarlxError, match="needs per-agent Q values"):
         attack_spec("wolfpack", None, PPO)
-    assert attack_spec("random", 4, PPO) == {"name": "random", "budget": 4}
+    with pytest.raises(MarlxError, match="does not run on marlx's team runner"):
+        attack_spec("random", 4, PPO)
     assert attack_spec("none", None, PPO) is None
+    for cls in (QMIX, VDN, FoX, WALL, FIM):
+        assert attack_spec("wolfpack", 5, cls) == {"name": "wolfpack", "budget": 5}
+        assert attack_spec("random", 4, cls) == {"name": "random", "budget": 4}

@@ -1,0 +1,183 @@
+"""Robustness of QMIX and WALL under attack, side by side: natural, random and Wolfpack success on one task.
+
+Per seed (seeds run side by side as Ray tasks, one CPU each):
+
+1. QMIX from ``tuned_examples/qmix/predator_prey.yaml`` (natural training; it reaches greedy success 1.0 at
+   ~13-16k env steps there) for ``--natural-steps`` env steps, saved;
+2. the QMIX checkpoint evaluated greedily over ``--episodes`` natural episodes and as many under the random attack
+   and under Wolfpack, all with the same ``--budget`` (attacked steps per episode). Wolfpack's attacker is fitted
+   against the frozen QMIX policy first (``--fit-steps`` env steps, :mod:`marlx.attacks.fit`, as ``marlx attack``
+   does);
+3. WALL trained from that checkpoint (``restore_from``; the same learner settings as the QMIX example, every
+   training episode attacked with WALL's training budget 12) for ``--wall-steps`` env steps, saved;
+4. the WALL checkpoint evaluated the same way: natural, random, Wolfpack with an attacker fitted against the
+   frozen WALL policy (the same protocol as for QMIX), and Wolfpack with WALL's own co-trained attacker.
+
+Writes ``<out>/robustness_predator_prey.json`` (per seed and mean) and prints a table; the last line printed is
+one JSON object. The expected shape (paper: QMIX 98.7% -> 39.4% under Wolfpack; WALL 93.4%): Wolfpack's drop
+>= 2x random's; WALL under Wolfpack recovers at least half of QMIX's drop with natural success within 5 points.
+
+    python benchmarks/robustness.py --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+torch.set_num_threads(1)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "tuned_examples", "qmix", "predator_prey.yaml")
+
+
+def load_example(path: str) -> dict:
+    with open(path) as f:
+        (_, exp), = yaml.safe_load(f).items()
+    return exp
+
+
+def build_config(run: str, exp: dict, seed: int, **training):
+    from marlx.algorithms import get_algorithm_class
+
+    config = dict(exp["config"])
+    env_config = config.pop("env_config", {})
+    # no evaluation while training (the checkpoints are evaluated afterwards, side by side)
+    config.update({"evaluation_interval": None})
+    cfg = get_algorithm_class(run).get_default_config().update_from_dict(config)
+    cfg.environment(exp["env"], env_config=env_config).debugging(seed=seed)
+    if training:
+        cfg.training(**training)
+    return cfg
+
+
+def train(cfg, steps: int, path: str) -> dict:
+    algo = cfg.build_algo()
+    t0 = time.perf_counter()
+    try:
+        while True:
+            r = algo.train()
+            done = int(r["num_env_steps_sampled_lifetime"])
+            if done >= steps:
+                break
+        saved = str(algo.save_to_path(path))
+    finally:
+        algo.stop()
+    return {"checkpoint": saved, "env_steps": done, "train_success": float(r["env_runners"].get("success_rate", np.nan)),
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def evaluate(ckpt: str, args, seed: int, folder: str, refit: bool = False, own: bool = False) -> dict:
+    from marlx.cli.evaluate import evaluate_checkpoint
+
+    out = {}
+    res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="random", budget=args.budget, seed=seed,
+                              out=folder)
+    out["natural"] = res["natural"]
+    out["random"] = res["attacked"]
+    if own:
+        res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="wolfpack", budget=args.budget, seed=seed,
+                                  out=folder)
+        out["wolfpack_own"] = res["attacked"]
+    res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="wolfpack", budget=args.budget, seed=seed,
+                              fit_steps=args.fit_steps, refit=refit, out=folder)
+    out["wolfpack"] = res["attacked"]
+    out["attacker"] = {k: res["attacker"].get(k) for k in ("source", "env_steps", "updates", "seconds", "losses")}
+    return out
+
+
+def run_seed(args, seed: int) -> dict:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    import marlx.envs.registry  # noqa: F401  (env names in this worker's Tune registry)
+
+    exp = load_example(args.example)
+    base = os.path.join(args.out, "robustness_runs", f"seed{seed}")
+    t0 = time.perf_counter()
+    qmix = train(build_config("QMIX", exp, seed), args.natural_steps, os.path.join(base, "qmix"))
+    print(f"seed {seed}: QMIX trained {qmix}", flush=True)
+    q_eval = evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"))
+    print(f"seed {seed}: QMIX evaluated {q_eval}", flush=True)
+    wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"])
+    wall = train(wall_cfg, args.wall_steps, os.path.join(base, "wall"))
+    print(f"seed {seed}: WALL trained {wall}", flush=True)
+    w_eval = evaluate(wall["checkpoint"], args, seed, os.path.join(base, "wall_attack"), refit=True, own=True)
+    print(f"seed {seed}: WALL evaluated {w_eval}", flush=True)
+    return {"seed": seed, "qmix": {**qmix, **q_eval}, "wall": {**wall, **w_eval},
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def success(part: dict, key: str) -> float:
+    return float(part[key]["success_rate"])
+
+
+def verdict(per_seed: list[dict]) -> dict:
+    m = lambda f: float(np.mean([f(r) for r in per_seed]))  # noqa: E731
+    q_nat = m(lambda r: success(r["qmix"], "natural"))
+    q_rand = m(lambda r: success(r["qmix"], "random"))
+    q_wolf = m(lambda r: success(r["qmix"], "wolfpack"))
+    w_nat = m(lambda r: success(r["wall"], "natural"))
+    w_wolf = m(lambda r: success(r["wall"], "wolfpack"))
+    w_own = m(lambda r: success(r["wall"], "wolfpack_own"))
+    w_rand = m(lambda r: success(r["wall"], "random"))
+    drop_rand, drop_wolf = q_nat - q_rand, q_nat - q_wolf
+    recovered = (w_wolf - q_wolf) / drop_wolf if drop_wolf > 0 else float("nan")
+    return {
+        "qmix_natural": q_nat, "qmix_random": q_rand, "qmix_wolfpack": q_wolf,
+        "wall_natural": w_nat, "wall_random": w_rand, "wall_wolfpack": w_wolf, "wall_wolfpack_own_attacker": w_own,
+        "random_drop": drop_rand, "wolfpack_drop": drop_wolf,
+        "wolfpack_drop_over_random_drop": drop_wolf / drop_rand if drop_rand > 0 else float("inf"),
+        "wall_recovered_fraction_of_wolfpack_drop": recovered,
+        "shape_wolfpack_drop_ge_2x_random": bool(drop_wolf >= 2 * drop_rand and drop_wolf > 0),
+        "shape_wall_recovers_half": bool(recovered >= 0.5) if recovered == recovered else False,
+        "shape_wall_natural_within_5_points": bool(w_nat >= q_nat - 0.05),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--example", default=EXAMPLE, help="the natural QMIX run (default tuned_examples/qmix/predator_prey.yaml)")
+    p.add_argument("--natural-steps", type=int, default=20_000, help="env steps of natural QMIX training")
+    p.add_argument("--wall-steps", type=int, default=6_000, help="env steps of WALL training from the QMIX checkpoint")
+    p.add_argument("--fit-steps", type=int, default=2_000, help="env steps of each Wolfpack attacker fit")
+    p.add_argument("--budget", type=int, default=8, help="attacked steps per episode, every attack (WALL test: 8)")
+    p.add_argument("--episodes", type=int, default=32, help="natural and attacked episodes per evaluation")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = p.parse_args()
+
+    import ray
+
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    ray.init(num_cpus=max(2, args.seeds), include_dashboard=False, log_to_driver=True, configure_logging=False)
+    remote = ray.remote(num_cpus=1)(run_seed)
+    per_seed = ray.get([remote.remote(args, s) for s in range(args.seeds)])
+    ray.shutdown()
+    summary = verdict(per_seed)
+    rows = [("QMIX", "qmix", ("natural", "random", "wolfpack")),
+            ("WALL", "wall", ("natural", "random", "wolfpack", "wolfpack_own"))]
+    print(f"\nsuccess rate over {args.episodes} greedy episodes each, budget {args.budget} attacked steps "
+          f"(seeds {args.seeds}):")
+    for label, key, cols in rows:
+        for col in cols:
+            vals = [success(r[key], col) for r in per_seed]
+            print(f"  {label:5} {col:13} {np.mean(vals):.3f}  per seed {vals}")
+    out = {"args": vars(args), "summary": summary, "per_seed": per_seed, "wall_s": round(time.perf_counter() - t0, 1)}
+    path = os.path.join(args.out, "robustness_predator_prey.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"  results: {path}")
+    print(json.dumps({"summary": summary, "wall_s": out["wall_s"]}))
+
+
+if __name__ == "__main__":
+    main()
