@@ -241,7 +241,7 @@ def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address
     if fit_steps is not None and fit_steps < 1:
         raise MarlxError(f"--fit-steps must be >= 1 env steps, got {fit_steps}")
     found = find_checkpoint(checkpoint)  # fail on a bad path, attack or budget before Ray starts
-    attack_spec(attack, budget, checkpoint_algorithm(found)[0])
+    attack_spec(attack, budget, checkpoint_algorithm(found)[0], fitted_planner=True)
     init_ray(address)
     res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed,
                               fit_steps=fit_steps, refit=refit, out=out)

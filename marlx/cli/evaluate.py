@@ -67,12 +67,14 @@ def checkpoint_config(path: str, algo: str | None = None):
 ATTACK_CHOICES = ("none", "random", "wolfpack")
 
 
-def attack_spec(attack: str | None, budget: int | None, cls: type) -> dict | None:
+def attack_spec(attack: str | None, budget: int | None, cls: type, fitted_planner: bool = False) -> dict | None:
     """The runner's ``attack`` entry for ``--attack NAME [--budget K]`` on a checkpoint of ``cls``.
 
     Wolfpack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL, FIM checkpoints); it times its attacks
-    with a Q-difference transformer: a WALL checkpoint's own, or one fitted against the frozen policy
-    (:func:`resolve_attacker`). Both attacks need a checkpoint of marlx's team runner.
+    with a Q-difference transformer: a WALL checkpoint's own, or, with ``fitted_planner`` (``marlx attack`` and
+    ``evaluate --attack``), one fitted against the frozen policy (:func:`resolve_attacker`). Without a fitted one
+    (the video player) a non-WALL checkpoint's Wolfpack starts attacks with the released random schedule (10% per
+    ready step). Both attacks need a checkpoint of marlx's team runner.
     """
     from marlx.errors import MarlxError, UnknownNameError
 
@@ -91,6 +93,10 @@ def attack_spec(attack: str | None, budget: int | None, cls: type) -> dict | Non
         if not issubclass(cls, QMIX):
             raise MarlxError(f"the wolfpack attack needs per-agent Q values and a mixer (QMIX, VDN, FoX, WALL, FIM "
                              f"checkpoints); {cls.__name__} has none: use --attack random on a team checkpoint")
+        from marlx.algorithms.wall import WALL
+
+        if not fitted_planner and not issubclass(cls, WALL):
+            spec["schedule"] = "random"
     if not getattr(cls, "marlx_team_algorithm", False):
         raise MarlxError(f"{cls.__name__} does not run on marlx's team runner, so it cannot be attacked: attacks "
                          "work on checkpoints of marlx's team algorithms (marlx algos)")
@@ -164,7 +170,7 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     path = find_checkpoint(path)
     cls, config = checkpoint_config(path, algo)
-    spec = attack_spec(attack, budget, cls)
+    spec = attack_spec(attack, budget, cls, fitted_planner=True)
     if spec is not None and spec["name"] == "wolfpack":
         # the follow-up selection differentiates through the mixer: keep it on the env runners
         config.rl_module(model_config={**(config._model_config or {}), "mixer_on_runners": True})

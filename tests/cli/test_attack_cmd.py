@@ -128,3 +128,26 @@ def test_bad_input(qmix_checkpoint, ppo_checkpoint, capsys):
     assert "PPO does not run on marlx's team runner" in err
     err = error_of(["evaluate", ppo_checkpoint, "--attack", "wolfpack"], capsys, main=rllib_cmd.main)
     assert "needs per-agent Q values" in err
+
+
+@pytest.fixture(scope="module")
+def mappo_checkpoint(ray_session, tmp_path_factory):
+    from marlx.algorithms.mappo import MAPPOConfig
+
+    algo = (MAPPOConfig().environment("builtin/push_box", env_config=TINY).env_runners(num_envs_per_env_runner=2)
+            .training(train_batch_size_per_learner=48, num_epochs=1, hidden_size=8).debugging(seed=0)).build_algo()
+    try:
+        algo.train()
+        return str(algo.save_to_path(tmp_path_factory.mktemp("mappo") / "ckpt"))
+    finally:
+        algo.stop()
+
+
+def test_random_on_mappo_and_wolfpack_refused(mappo_checkpoint, tmp_path, capsys):
+    res, _ = run_json(marlx_cmd.main, ["attack", mappo_checkpoint, "--attack", "random", "--budget", "2",
+                                       "--episodes", "3", "--seed", "2", "--json", "--attacker-dir", str(tmp_path)],
+                      capsys)
+    assert res["algorithm"] == "MAPPO" and res["attack"]["name"] == "random" and "attacker" not in res
+    assert res["attacked"]["attacked_steps_max"] <= 2 and len(res["attacked"]["hits_per_agent"]) == 2
+    err = error_of(["attack", mappo_checkpoint, "--attack", "wolfpack"], capsys)
+    assert "needs per-agent Q values" in err and "MAPPO" in err

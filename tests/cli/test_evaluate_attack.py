@@ -99,5 +99,8 @@ def test_wolfpack_needs_a_value_based_policy():
         attack_spec("random", 4, PPO)
     assert attack_spec("none", None, PPO) is None
     for cls in (QMIX, VDN, FoX, WALL, FIM):
-        assert attack_spec("wolfpack", 5, cls) == {"name": "wolfpack", "budget": 5}
+        assert attack_spec("wolfpack", 5, cls, fitted_planner=True) == {"name": "wolfpack", "budget": 5}
         assert attack_spec("random", 4, cls) == {"name": "random", "budget": 4}
+        # without a fitted attacker (the video player) only WALL brings a Q-difference transformer
+        unfitted = attack_spec("wolfpack", 5, cls)
+        assert unfitted.get("schedule") == (None if cls is WALL else "random")
