@@ -5,6 +5,7 @@ per seed so that load on a shared machine hits them alike. Ratios are to SGD. As
 perturbation worker is a Ray actor on its own CPU.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sam.py [--seeds 3] [--epochs 12] [--backend ray|thread]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sam.py --profile   # where layer-wise SAM's time goes
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="device of the main step (the perturbation stays on the CPU)")
     ap.add_argument("--rounds", type=int, default=15, help="timing rounds (interleaved blocks)")
     ap.add_argument("--block", type=int, default=10, help="steps per timing block")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print where layer-wise SAM's extra time goes (CPU time of its passes; ~10 s)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.profile:
+        profile_layerwise(args)
+        return
 
     if args.backend == "ray":
         import ray
@@ -109,6 +115,68 @@ def main() -> None:
     print(json.dumps({"bench": "sam", "model": f"small_cnn(width={args.width})", "data": "sklearn digits",
                       "backend": args.backend, "device": args.device,
                       "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, **figures}))
+
+
+def profile_layerwise(args, reps: int = 40) -> None:
+    """CPU time of layer-wise SAM's pieces relative to one SGD step (forward + backward), interleaved.
+
+    The layers are those the paper's rule (largest gradient norm) picks after a few SGD steps; the perturbed
+    pass is what LayerwiseSAM runs: from the cached input of the first chosen layer to the loss, and back to
+    the chosen parameters only (``autograd.grad``: no weight gradient of other layers, no input gradient
+    below the lowest chosen layer).
+    """
+    import torch.nn.functional as F
+
+    from marlx.optim.sam.core import SAMConfig, LayerwiseSAM, frozen_bn_stats
+
+    train, _ = load_digits(seed=0)
+    torch.manual_seed(0)
+    model = model_fn(args.width)()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    step = LayerwiseSAM(model, opt, SAMConfig(variant="layerwise", rho=args.rho, layers=args.layers))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        i = torch.randint(len(train), (args.batch_size,), generator=gen)
+        step.step(train.x[i], train.y[i])
+    children = list(model)
+    chosen = [int(n) for n in step.selected]
+    sel = [p for n in chosen for p in children[n].parameters()]
+    macs = {n: sum(p.numel() for p in c.parameters() if p.dim() > 1) for n, c in enumerate(children)}
+    x, y = train.x[: args.batch_size], train.y[: args.batch_size]
+    t = {"sgd_step": 0.0, "perturbed_pass": 0.0, "suffix_forward": 0.0, "layer_scores": 0.0}
+    for _ in range(reps):
+        c0 = time.process_time()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        t["sgd_step"] += time.process_time() - c0
+        c0 = time.process_time()
+        step.selected = []
+        from marlx.optim.sam.core import critical_layers
+
+        critical_layers(step.groups, {n: [p.grad for p in ps] for n, ps in step.groups.items()}, args.layers)
+        t["layer_scores"] += time.process_time() - c0
+        with torch.no_grad():
+            h = x
+            for c in children[: chosen[0]]:
+                h = c(h)
+        with frozen_bn_stats(model):
+            c0 = time.process_time()
+            z = h
+            for c in children[chosen[0]:]:
+                z = c(z)
+            torch.autograd.grad(F.cross_entropy(z, y), sel)
+            t["perturbed_pass"] += time.process_time() - c0
+            c0 = time.process_time()
+            with torch.no_grad():
+                z = h
+                for c in children[chosen[0]:]:
+                    z = c(z)
+            t["suffix_forward"] += time.process_time() - c0
+    print(f"chosen layers (largest gradient norm): {[f'{n}:{type(children[n]).__name__}' for n in chosen]}")
+    print("weights per layer: " + ", ".join(f"{n}:{type(children[n]).__name__}={v}" for n, v in macs.items() if v))
+    for k, v in t.items():
+        print(f"{k:16s} {v / t['sgd_step']:.3f} of an SGD step (CPU time, {reps} reps)")
+    print(json.dumps({"bench": "sam_profile", "chosen": chosen, **{k: round(v / t["sgd_step"], 3) for k, v in t.items()}}))
 
 
 def ratio(blocks: list[dict], m: str) -> float:
