@@ -16,9 +16,11 @@ global model, as if one server had computed it and sent it back.
   previous update again. Exactly :class:`~marlx.optim.fl.strategies.FedLUAR`'s recycling.
 * EmbracingFL partial training (Lee et al., IEEE TMC 2024), with either strategy: ``clients`` gives each
   learner (by rank) a tier; a client whose tier's ``budgets`` entry is below 1 trains (and uploads) only
-  that fraction of the module's layers from the output side (layers = parameter-owning sub-modules in
-  registration order, as in :class:`~marlx.optim.fl.strategies.EmbracingFL`); its other parameters get no
-  gradient (``requires_grad=False``), so backward stops early, and keep the global value.
+  that fraction of the module's layers from the output side (layers = sub-modules owning trained parameters,
+  in registration order, as in :class:`~marlx.optim.fl.strategies.EmbracingFL`); its other parameters get no
+  gradient (``requires_grad=False``), so backward stops early, and keep the global value. Registration order
+  is the forward order of a chain; for RLlib's PPO module it is actor encoder, critic encoder, pi, vf, so a
+  small budget trains the heads (vf first) — the output side of a two-tower module is marlx's reading.
 
 What is federated: the parameters the learner's optimisers train (not e.g. QMIX's target networks, which each
 client keeps and refreshes from its own main network on the algorithm's schedule) and floating-point module
@@ -181,7 +183,12 @@ class FederatedHook(LearnerHook):
             for n, b in mod.named_buffers():
                 if n in keys:
                     self.tensors[f"{mid}/{n}"] = b
-            mine = keys if budget >= 1.0 else output_side_keys(mod, budget, keys=keys)
+            if budget >= 1.0:
+                mine = keys
+            else:  # layers = modules owning trained parameters; a trained layer's buffers go with it
+                mine = output_side_keys(mod, budget, keys=names)
+                owners = {k.rpartition(".")[0] for k in mine}
+                mine |= {k for k in keys - set(names) if k.rpartition(".")[0] in owners}
             self.trained |= {f"{mid}/{k}" for k in mine}
             for n, p in mod.named_parameters():
                 if n in names and n not in mine:
