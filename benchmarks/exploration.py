@@ -3,8 +3,9 @@
 Each method runs its tuned example (``tuned_examples/<algo>/push_box.yaml``: the same QMIX schedule, PyMARL2
 settings) on each task below with the task's ``env_config`` replacing the file's, so every contestant sees the same
 env; seeds run side by side as Ray tasks (``benchmarks/learning.py``'s ``compare``). Per method and task it prints
-env steps to greedy success ``--threshold`` (default 0.8), final and best greedy success, and wall-clock seconds per
-1,000 env steps (all contestants share the machine, so that figure includes waiting for the cores).
+env steps to greedy success ``--threshold`` (default 0.8), final and best greedy success, wall-clock seconds per
+1,000 env steps (all contestants share the machine, so that figure includes waiting for the cores), and the distinct
+formations (FoX's keys, 1 decimal) each seed's training episodes visited.
 
 Tasks (issue 14): (a) ``paper_like``: push_box paper-like mode, 5x5, two boxes, one pusher moves a box with
 probability 0.25 and two always, 30-step limit; (b) ``strict_5x5``: strict push_box 5x5, the box two rows from the
@@ -57,7 +58,7 @@ def main() -> None:
                       os.path.join(args.out, task))
         print(f"\n== {task} {TASKS[task]}: random play success {run['random_success']:.3f}")
         print(f"{'algo':>6} {'solved':>6} {'steps_to_' + str(args.threshold):>22} {'final':>16} {'best':>16} "
-              f"{'wall_s/1k_steps':>15}")
+              f"{'wall_s/1k_steps':>15} {'formations':>18}")
         rows = {}
         for algo, sm in run["summary"].items():
             solved = sum(s is not None for s in sm["steps_to_threshold"])
@@ -65,7 +66,8 @@ def main() -> None:
             rows[algo] = {**sm, "seeds_solved": solved, "wall_s_per_1k_steps": per_k}
             print(f"{algo:>6} {solved:>3}/{args.seeds:<2} {str(sm['steps_to_threshold']):>22} "
                   f"{str([round(x, 2) for x in sm['final_eval_success']]):>16} "
-                  f"{str([round(x, 2) for x in sm['best_eval_success']]):>16} {str(per_k):>15}")
+                  f"{str([round(x, 2) for x in sm['best_eval_success']]):>16} {str(per_k):>15} "
+                  f"{str(sm['distinct_formations']):>18}")
         report["tasks"][task] = {"env_config": TASKS[task], "random_success": run["random_success"],
                                  "csv": os.path.relpath(os.path.join(args.out, task, run["stem"] + ".csv"), ROOT),
                                  "results": rows}

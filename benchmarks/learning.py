@@ -4,7 +4,9 @@ Runs a tuned example (``tuned_examples/<algo>/<env>.yaml`` by default) for sever
 other, evaluates greedily (``explore=False``) at the file's ``evaluation_interval``, and writes
 ``<out>/learning_<algo>_<env>.csv`` (seed, iteration, env steps, wall seconds, train/eval success, returns)
 and a PNG of the mean eval success (band: 95% bootstrap interval of the mean over seeds, as `marlx plot`).
-Also measures random play on the same env.
+Also measures random play on the same env, and for every team algorithm the number of distinct formations
+(FoX's formation keys, ``--formation-round`` decimals, from the agents' observations) its training episodes
+visited: the ``formations`` column, counted by the same keyer for every contestant.
 The last line printed is one JSON object.
 
     python benchmarks/learning.py --algo qmix --env builtin/push_box --seeds 3
@@ -70,7 +72,23 @@ def get(result: dict, path: str, default=float("nan")):
     return float(result)
 
 
-def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
+def formation_tally(formation_round: int):
+    """A driver-side ``fox_count`` component that only counts formations of collected training episodes (no
+    bonus, no batch columns): appended to a team algorithm's components, it measures distinct formations visited."""
+    from marlx.intrinsic.fox import FoXCount
+
+    class FormationTally(FoXCount):
+        def annotate(self, batch: dict) -> None:
+            pass
+
+        def get_state(self) -> dict:
+            return {}
+
+    return FormationTally({"beta1": 0.0, "formation_round": formation_round, "count_at": "sampling"}, None, None,
+                          where="driver")
+
+
+def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1) -> list[dict]:
     from marlx.algorithms import get_algorithm_class
 
     config = dict(exp["config"])
@@ -79,6 +97,10 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
     cfg.environment(exp["env"], env_config=env_config).debugging(seed=seed)
     budget = max_env_steps or exp.get("stop", {}).get("num_env_steps_sampled_lifetime", 50_000)
     algo = cfg.build_algo()
+    tally = None
+    if formation_round is not None and isinstance(getattr(algo, "intrinsic", None), list):
+        tally = formation_tally(formation_round)
+        algo.intrinsic.append(tally)
     rows, t0, last_eval_episodes = [], time.perf_counter(), 0.0
     try:
         while True:
@@ -96,6 +118,7 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
                     "train_return": get(r, "env_runners/episode_return_mean"),
                     "eval_success": get(r, "evaluation/env_runners/success_rate") if evaluated else float("nan"),
                     "eval_return": get(r, "evaluation/env_runners/episode_return_mean") if evaluated else float("nan"),
+                    "formations": len(tally.counter) if tally is not None else float("nan"),
                 })
                 print(rows[-1], flush=True)
             if steps >= budget:
@@ -105,12 +128,12 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
     return rows
 
 
-def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None) -> list[dict]:
+def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1) -> list[dict]:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     import marlx.envs.registry  # noqa: F401  (env names in this worker's Tune registry)
 
-    return run_seed(exp, seed, max_env_steps)
+    return run_seed(exp, seed, max_env_steps, formation_round)
 
 
 def eval_curve(rows: list[dict], seed: int) -> list[dict]:
@@ -138,7 +161,7 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
     """Per-seed final/best/last-quarter greedy success and the env steps at which success first reached
     ``threshold`` (None when it never did)."""
     out = {"final_eval_success": [], "best_eval_success": [], "last_quarter_eval_success": [], "final_eval_return": [],
-           "env_steps": [], "wall_s": [], "steps_to_threshold": []}
+           "env_steps": [], "wall_s": [], "steps_to_threshold": [], "distinct_formations": []}
     for s in range(seeds):
         curve = eval_curve(rows, s)
         if not curve:  # the budget ended before the first greedy evaluation
@@ -154,11 +177,12 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
         out["env_steps"].append(final["env_steps"])
         out["wall_s"].append(final["wall_s"])
         out["steps_to_threshold"].append(reached[0] if reached else None)
+        out["distinct_formations"].append([r for r in rows if r["seed"] == s][-1].get("formations", float("nan")))
     return out
 
 
 def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max_env_steps: int | None,
-            threshold: float, out: str, example: str | None = None) -> dict:
+            threshold: float, out: str, example: str | None = None, formation_round: int | None = 1) -> dict:
     """Run the tuned examples of ``algos`` on one task (``env_config`` replaces the examples' when given) for
     ``seeds`` seeds side by side as Ray tasks; write the CSV and PNG under ``out`` and return the per-algorithm
     summaries with the random-play baseline measured on the same task."""
@@ -183,7 +207,8 @@ def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max
     # seeds (and algorithms) run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
     ray.init(num_cpus=max(2, seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
     remote = ray.remote(num_cpus=1)(_run_seed_task)
-    futures = {algo: [remote.remote(exp, s, max_env_steps) for s in range(seeds)] for algo, (_, exp) in exps.items()}
+    futures = {algo: [remote.remote(exp, s, max_env_steps, formation_round) for s in range(seeds)]
+               for algo, (_, exp) in exps.items()}
     rows_by_algo = {algo: [row for part in ray.get(f) for row in part] for algo, f in futures.items()}
     ray.shutdown()
 
@@ -211,6 +236,8 @@ def main() -> None:
     p.add_argument("--max-env-steps", type=int, default=None, help="override the file's env-step budget")
     p.add_argument("--threshold", type=float, default=0.5, help="success rate whose first env step is reported")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--formation-round", type=int, default=1,
+                   help="decimals of the formation keys counted in the formations column (FoX's push_box example: 1)")
     args = p.parse_args()
 
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
@@ -218,19 +245,20 @@ def main() -> None:
         p.error("--example names one file: use it with one --algo")
     try:
         run = compare(algos, args.env, json.loads(args.env_config) if args.env_config else None, args.seeds,
-                      args.max_env_steps, args.threshold, args.out, example=args.example)
+                      args.max_env_steps, args.threshold, args.out, example=args.example,
+                      formation_round=args.formation_round)
     except ValueError as e:
         p.error(str(e))
     summary, first, env_config, exps = run["summary"], run["first"], run["env_config"], run["exps"]
     rand_rate, rand_return, stem = run["random_success"], run["random_return"], run["stem"]
 
     print(f"{'algo':>6} {'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} "
-          f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14}")
+          f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14} {'formations':>10}")
     for algo, sm in summary.items():
         for s in range(args.seeds):
             print(f"{algo:>6} {s:>4} {sm['env_steps'][s]:>9} {sm['wall_s'][s]:>7} {sm['final_eval_success'][s]:>10.2f} "
                   f"{sm['best_eval_success'][s]:>9.2f} {sm['last_quarter_eval_success'][s]:>12.3f} "
-                  f"{str(sm['steps_to_threshold'][s]):>14}")
+                  f"{str(sm['steps_to_threshold'][s]):>14} {sm['distinct_formations'][s]:>10}")
     print(f"random play: success {rand_rate:.3f}, return {rand_return:.3f}")
     result = {"bench": "learning", "algos": algos, "env": first["env"], "env_config": env_config, "seeds": args.seeds,
               "threshold": args.threshold, "random_success": rand_rate, "random_return": rand_return,
