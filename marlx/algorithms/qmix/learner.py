@@ -11,6 +11,13 @@ Intrinsic rewards: the components configured under ``intrinsic`` (:mod:`marlx.in
 learner; the sum of their per-step bonuses ``[B, T]`` (plus :meth:`QMIXLearner.intrinsic_reward`, which a
 subclass may override) is added to the team reward before the TD target, and after the gradient step each
 component's ``update`` trains its own models on the same batch.
+
+Documented choices (review shared/reviews/qmix_fox_faithfulness.md Q4-Q6): the loss is the masked mean of
+``td_error ** 2`` as in PyMARL and FoX (PyMARL2's ``nq_learner`` uses ``0.5 * td_error ** 2``: with RMSprop/Adam the
+factor matters only through eps and the clip at 10); epsilon is evaluated at every env step from the lifetime step
+count (PyMARL fixes it per episode from ``t_env`` at the episode's start; the difference is below one episode of
+annealing); the hard target update compares the stored-episode count *after* this iteration's episodes were added
+(PyMARL passes the count before the increment), so a copy can come up to one iteration earlier.
 """
 
 from __future__ import annotations
