@@ -178,6 +178,11 @@ def _builtin_specs() -> list[EnvSpec]:
             "marlx.envs.builtin.predator_prey:PredatorPreyEnv",
             description="predators capture prey only when two are adjacent at once (sparse capture reward)",
         ),
+        EnvSpec(
+            "builtin/two_step",
+            "marlx.envs.builtin.two_step:TwoStepGameEnv",
+            description="QMIX paper's two-step cooperative matrix game (optimal return 8, safe branch 7)",
+        ),
         *family_specs(
             "mpe", "marlx.envs.pettingzoo:make_mpe",
             {"simple_spread": "MPE cooperative navigation (3 agents cover 3 landmarks, dense reward)",

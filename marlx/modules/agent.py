@@ -1,8 +1,14 @@
-"""The recurrent agent network shared by all agents (PyMARL's ``RNNAgent``).
+"""The agent networks shared by all agents: PyMARL's recurrent ``RNNAgent`` and EPyMARL's feed-forward variant.
 
-``fc(input -> hidden) + ReLU -> GRUCell(hidden) -> fc(hidden -> n_actions)``. The input of agent ``i`` at
-step ``t`` is its own observation, optionally the one-hot of its previous action and the one-hot of its id
-(:func:`agent_inputs` builds it); the hidden state is carried through the episode.
+* :class:`RNNAgent`: ``fc(input -> hidden) + ReLU -> GRUCell(hidden) -> fc(hidden -> n_actions)``; the hidden
+  state is carried through the episode (PyMARL ``rnn_agent.py``).
+* :class:`MLPAgent`: ``fc(input -> hidden) + ReLU -> fc(hidden -> hidden) + ReLU -> fc(hidden -> n_actions)``,
+  EPyMARL's ``rnn`` agent with ``use_rnn: False`` (its default for QMIX/VDN, ``src/modules/agents/rnn_agent.py``).
+  It is called like the recurrent one; the "hidden state" it returns is its second layer's output and the one it
+  is given is ignored, so each step's Q values depend on that step's input only.
+
+The input of agent ``i`` at step ``t`` is its own observation, optionally the one-hot of its previous action and
+the one-hot of its id (:func:`agent_inputs` builds it).
 """
 
 from __future__ import annotations
@@ -27,6 +33,27 @@ class RNNAgent(nn.Module):
         x = F.relu(self.fc1(inputs))
         h = self.rnn(x, hidden)
         return self.fc2(h), h
+
+
+class MLPAgent(nn.Module):
+    """Feed-forward per-agent Q network (EPyMARL's ``rnn`` agent with ``use_rnn: False``: 64-64 ReLU layers)."""
+
+    def __init__(self, input_dim: int, n_actions: int, hidden_dim: int = 64):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.fc_hidden = nn.Linear(hidden_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, n_actions)
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs [N, input_dim]``, ``hidden`` (ignored) -> ``(q [N, n_actions], h [N, H])``."""
+        h = F.relu(self.fc_hidden(F.relu(self.fc1(inputs))))
+        return self.fc2(h), h
+
+
+def make_agent(input_dim: int, n_actions: int, hidden_dim: int = 64, use_rnn: bool = True) -> nn.Module:
+    """The recurrent agent (``use_rnn``, PyMARL) or the feed-forward one (EPyMARL's QMIX/VDN default)."""
+    return (RNNAgent if use_rnn else MLPAgent)(input_dim, n_actions, hidden_dim)
 
 
 def agent_input_dim(obs_dim: int, n_agents: int, n_actions: int, last_action: bool, agent_id: bool) -> int:

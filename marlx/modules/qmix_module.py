@@ -5,7 +5,8 @@ Observation: the team env's Dict ``{obs [n, d], state [S], avail [n, A], (positi
 
 Where things run:
 
-* env runners (``inference_only``): only the shared :class:`~marlx.modules.agent.RNNAgent`. One forward
+* env runners (``inference_only``): only the shared agent network (:class:`~marlx.modules.agent.RNNAgent`,
+  or :class:`~marlx.modules.agent.MLPAgent` with ``use_rnn=False``). One forward
   pass covers all envs x agents of a runner. The recurrent state is ``{"h": [n, H], "prev_actions": [n]}``
   (the runner adds the batch axis): the previous joint action travels in the state so that the last-action
   input needs nothing from the episode. The runner's batch has no time axis: ``OBS`` leaves ``[B, ...]``,
@@ -35,7 +36,7 @@ from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from marlx.modules.agent import RNNAgent, agent_input_dim, agent_inputs
+from marlx.modules.agent import agent_input_dim, agent_inputs, make_agent
 from marlx.modules.mixers import make_mixer
 from marlx.runtime.columns import HIDDEN, PREV_ACTIONS, Q_VALUES, TARGET_Q_VALUES
 
@@ -43,6 +44,7 @@ from marlx.runtime.columns import HIDDEN, PREV_ACTIONS, Q_VALUES, TARGET_Q_VALUE
 #: from these values and fill model_config from its attributes).
 MODEL_DEFAULTS: dict[str, Any] = {
     "rnn_hidden_dim": 64,
+    "use_rnn": True,
     "obs_last_action": True,
     "obs_agent_id": True,
     "mixer": "qmix",
@@ -85,7 +87,7 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
         self.state_dim = int(spaces["state"].shape[0])
         self.n_actions = int(self.action_space.nvec[0])
         self.hidden_dim = int(cfg["rnn_hidden_dim"])
-        self.agent = RNNAgent(self.agent_input_dim(), self.n_actions, self.hidden_dim)
+        self.agent = make_agent(self.agent_input_dim(), self.n_actions, self.hidden_dim, bool(cfg["use_rnn"]))
         self.setup_extra()
         self._has_mixer = not self.inference_only or bool(cfg["mixer_on_runners"])
         if self._has_mixer:

@@ -30,13 +30,43 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.utils import update_target_network
 
 from marlx.runtime.columns import MASK
-from marlx.algorithms.qmix.targets import compute_targets
+from marlx.algorithms.qmix.targets import _next_mask, compute_targets
 from marlx.intrinsic.base import build_intrinsic
 from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES
 
 #: Key of the lifetime episode count in the ``timesteps`` dict the algorithm passes to ``update``.
 NUM_EPISODES_SAMPLED_LIFETIME = "num_episodes_sampled_lifetime"
 _UNAVAILABLE = -1e7  # PyMARL's -9999999: finite, so masked max stays well defined on padded steps
+
+
+class RunningMeanStd:
+    """Running mean and variance of a scalar stream (EPyMARL ``components/standarize_stream.py``, after
+    semitable/fast-marl): starts at mean 0, variance 1, count 1e-4; each batch is merged with the
+    parallel-variance formula using the batch's unbiased variance (``torch.var``)."""
+
+    def __init__(self, epsilon: float = 1e-4):
+        self.mean, self.var, self.count = 0.0, 1.0, float(epsilon)
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.detach().reshape(-1).double()
+        n = values.numel()
+        if n == 0:
+            return
+        batch_mean = float(values.mean())
+        batch_var = float(values.var()) if n > 1 else 0.0  # torch.var of one value is nan
+        delta = batch_mean - self.mean
+        total = self.count + n
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def normalise(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / max(self.var, 1e-12) ** 0.5
+
+    def get_state(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def set_state(self, state: dict) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
 
 
 class QMIXLearner(TorchLearner):
@@ -54,15 +84,18 @@ class QMIXLearner(TorchLearner):
                                          module.action_space, module.model_config, "learner")
             ]
         self._intrinsic_inputs: dict = {}
+        #: running reward statistics per module (``standardise_rewards``)
+        self.reward_stats = {module_id: RunningMeanStd() for module_id in self.module.keys()}
 
     # -- optimiser ----------------------------------------------------------------------------
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         module = self.module[module_id]
         params = [p for name, p in module.named_parameters() if not name.startswith("target_")]
+        eps = {} if config.optim_eps is None else {"eps": config.optim_eps}  # None: torch's default (1e-8)
         if config.optimizer == "rmsprop":
-            opt = torch.optim.RMSprop(params, lr=config.lr, alpha=config.optim_alpha, eps=config.optim_eps)
+            opt = torch.optim.RMSprop(params, lr=config.lr, alpha=config.optim_alpha, **eps)
         elif config.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=config.lr, eps=config.optim_eps)
+            opt = torch.optim.Adam(params, lr=config.lr, **eps)
         else:
             raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {config.optimizer!r}")
         self.register_optimizer(module_id=module_id, optimizer=opt, params=params, lr_or_lr_schedule=config.lr)
@@ -101,6 +134,15 @@ class QMIXLearner(TorchLearner):
         terminated = batch[Columns.TERMINATEDS]
         avail = batch["avail"]  # [B, T+1, n, A]
         states = batch["state"]
+
+        if config.time_limit_terminal:  # EPyMARL's gymma envs: the last step of every episode is terminal
+            terminated = torch.maximum(terminated, mask * (1.0 - _next_mask(mask)))
+        if config.standardise_rewards:
+            stats = self.reward_stats[module_id]
+            stats.update(rewards[mask > 0])
+            rewards = stats.normalise(rewards)
+            self.metrics.log_value((module_id, "reward_mean_running"), float(stats.mean), window=1)
+            self.metrics.log_value((module_id, "reward_std_running"), float(stats.var) ** 0.5, window=1)
 
         bonus = self.intrinsic_reward(module_id, batch, fwd_out)
         if bonus is not None:
@@ -171,6 +213,7 @@ class QMIXLearner(TorchLearner):
         state = super().get_state(*args, **kwargs)
         state["marlx_qmix"] = {
             "last_target_update_episode": self._last_target_update_episode,
+            "reward_stats": {mid: st.get_state() for mid, st in self.reward_stats.items()},
             "intrinsic": {mid: [c.get_state() for c in cs] for mid, cs in self.intrinsic.items()},
         }
         return state
@@ -180,6 +223,9 @@ class QMIXLearner(TorchLearner):
         super().set_state({k: v for k, v in state.items() if k != "marlx_qmix"})
         if extra:
             self._last_target_update_episode = extra["last_target_update_episode"]
+            for mid, part in extra.get("reward_stats", {}).items():
+                if mid in self.reward_stats:
+                    self.reward_stats[mid].set_state(part)
             for mid, parts in extra.get("intrinsic", {}).items():
                 for component, part in zip(self.intrinsic.get(mid, []), parts):
                     component.set_state(part)

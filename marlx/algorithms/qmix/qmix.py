@@ -38,6 +38,7 @@ from ray.rllib.utils.metrics import (
 from marlx._rllib import parallel_sample
 from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
 from marlx.callbacks import TeamMetricsCallback
+from marlx.errors import UnknownNameError
 from marlx.intrinsic.base import build_intrinsic
 from marlx.modules.mixers import MIXERS
 from marlx.modules.qmix_module import MODEL_DEFAULTS, QMIXRLModule, linear_epsilon
@@ -49,6 +50,77 @@ REPLAY_STATE_KEY = "marlx_replay"
 INTRINSIC_STATE_KEY = "marlx_intrinsic"
 #: Config attributes that travel to the module's model_config (their defaults: ``MODEL_DEFAULTS``).
 _MODEL_KEYS = tuple(k for k in MODEL_DEFAULTS if k != "mixer_on_runners")
+
+
+#: Named settings of published code bases, applied by ``config: {preset: NAME}`` before the file's other keys.
+PRESETS: dict[str, dict[str, Any]] = {
+    # EPyMARL (uoe-agents/epymarl): src/config/default.yaml + algs/qmix.yaml|vdn.yaml (+ envs/gymma.yaml for the
+    # evaluation): the episode runner (1 env, one update per collected episode), batch 32 from 5000 episodes,
+    # Adam(lr 5e-4, torch's eps), grad-norm clip 10, gamma 0.99, epsilon 1 -> 0.05 over 50k steps, hard target
+    # update every 200 updates (= episodes here), double Q, feed-forward 64-64 agent on obs + agent id (no last
+    # action), standardised rewards, QMIX mixer embed 32 with 2-layer 64-wide hypernetworks.
+    "epymarl": {
+        "num_envs_per_env_runner": 1,
+        "num_updates_per_iteration": "per_episode",
+        "batch_size_episodes": 32,
+        "learning_starts_episodes": 32,
+        "buffer_size": 5000,
+        "optimizer": "adam",
+        "lr": 5e-4,
+        "optim_eps": None,
+        "grad_clip": 10.0,
+        "gamma": 0.99,
+        "epsilon_start": 1.0,
+        "epsilon_finish": 0.05,
+        "epsilon_anneal_time": 50_000,
+        "target_update_interval_episodes": 200,
+        "target_update_tau": 1.0,
+        "double_q": True,
+        "td_lambda": 0.0,
+        "n_step": 1,
+        "use_rnn": False,
+        "rnn_hidden_dim": 64,
+        "obs_agent_id": True,
+        "obs_last_action": False,
+        "standardise_rewards": True,
+        "mixing_embed_dim": 32,
+        "hypernet_layers": 2,
+        "hypernet_embed": 64,
+    },
+    # PyMARL2 (hijkzzz/pymarl2): src/config/default.yaml + algs/qmix.yaml|vdn.yaml: the parallel runner (8 envs,
+    # one update per 8 episodes), batch 128 from 5000 episodes, Adam(lr 1e-3, torch's eps), TD(lambda 0.6),
+    # epsilon 1 -> 0.05 over 100k steps, hard target update every 200 episodes, double Q, GRU agent (64) on obs +
+    # last action + agent id, no reward standardisation. (PyMARL2's loss is 0.5 * td^2; marlx's td^2 differs
+    # only by the scale that Adam removes, up to eps and the grad clip.)
+    "pymarl2": {
+        "num_envs_per_env_runner": 8,
+        "num_updates_per_iteration": 1,
+        "batch_size_episodes": 128,
+        "learning_starts_episodes": 128,
+        "buffer_size": 5000,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "optim_eps": None,
+        "grad_clip": 10.0,
+        "gamma": 0.99,
+        "epsilon_start": 1.0,
+        "epsilon_finish": 0.05,
+        "epsilon_anneal_time": 100_000,
+        "target_update_interval_episodes": 200,
+        "target_update_tau": 1.0,
+        "double_q": True,
+        "td_lambda": 0.6,
+        "n_step": 1,
+        "use_rnn": True,
+        "rnn_hidden_dim": 64,
+        "obs_agent_id": True,
+        "obs_last_action": True,
+        "standardise_rewards": False,
+        "mixing_embed_dim": 32,
+        "hypernet_layers": 2,
+        "hypernet_embed": 64,
+    },
+}
 
 
 class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
@@ -83,9 +155,11 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         self.batch_size_episodes: int = 32
         #: Episodes in the buffer before the first update (PyMARL: one batch).
         self.learning_starts_episodes: int = 32
-        #: Gradient updates per training iteration (each on a fresh replay batch). PyMARL does one update
-        #: per ``batch_size_run`` episodes; an iteration here samples one episode per env.
-        self.num_updates_per_iteration: int = 1
+        #: Gradient updates per training iteration (each on a fresh replay batch): an integer, or
+        #: ``"per_episode"``: one update per episode stored in this iteration (EPyMARL/PyMARL's episode runner,
+        #: ``run.py``: one ``learner.train`` per collected episode). PyMARL2's parallel runner does one update
+        #: per ``batch_size_run`` episodes, i.e. 1 here (an iteration samples one episode per env).
+        self.num_updates_per_iteration: int | str = 1
         #: Dtype of float observation leaves in replay ("float32" or "float16").
         self.replay_obs_dtype: str = "float32"
         #: Put the replay contents into checkpoints (position and counters are always saved).
@@ -102,18 +176,31 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         self.target_update_interval_episodes: int = 200
         #: 1.0 = hard updates; < 1 = soft (Polyak) update with this tau after every learner update.
         self.target_update_tau: float = 1.0
+        #: Store an episode's time-limit end as a termination (no bootstrap). EPyMARL's gymma envs (LBF, RWARE)
+        #: do this: their info has no ``episode_limit`` key, so ``episode_runner.py`` stores
+        #: ``terminated = done or truncated``. False (default, PyMARL on SMAC): a truncated episode bootstraps.
+        self.time_limit_terminal: bool = False
+        #: Standardise rewards with a running mean/std before the TD target (EPyMARL ``standardise_rewards``,
+        #: ``q_learner.py`` with ``components/standarize_stream.py``): every learner batch updates the statistics
+        #: (parallel-variance formula, initial count 1e-4) and the target uses ``(r - mean) / std``. marlx counts
+        #: the batch's real steps only (EPyMARL also counts padded steps after early terminations).
+        self.standardise_rewards: bool = False
 
         # -- optimiser -------------------------------------------------------------------------
         #: "rmsprop" (PyMARL) or "adam" (PyMARL2, with lr 1e-3).
         self.optimizer: str = "rmsprop"
         #: RMSprop smoothing constant (PyMARL optim_alpha).
         self.optim_alpha: float = 0.99
-        #: Optimiser epsilon (PyMARL optim_eps).
-        self.optim_eps: float = 1e-5
+        #: Optimiser epsilon (PyMARL optim_eps = 1e-5, used for RMSprop); None = torch's default (1e-8), which
+        #: EPyMARL's and PyMARL2's Adam use (``Adam(params, lr)``, ``q_learner.py`` / ``nq_learner.py``).
+        self.optim_eps: float | None = 1e-5
 
         # -- networks --------------------------------------------------------------------------
-        #: GRU width of the agent network.
+        #: Hidden width of the agent network (GRU or MLP layers; PyMARL rnn_hidden_dim, EPyMARL hidden_dim).
         self.rnn_hidden_dim: int = MODEL_DEFAULTS["rnn_hidden_dim"]
+        #: True: recurrent agent (PyMARL/PyMARL2 GRU); False: EPyMARL's feed-forward agent (``use_rnn: False``, its
+        #: QMIX/VDN default): 64-64 ReLU layers, no hidden state (see :class:`~marlx.modules.agent.MLPAgent`).
+        self.use_rnn: bool = MODEL_DEFAULTS["use_rnn"]
         #: Feed each agent the one-hot of its previous action.
         self.obs_last_action: bool = MODEL_DEFAULTS["obs_last_action"]
         #: Feed each agent the one-hot of its id (weights are shared).
@@ -135,13 +222,18 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         #: Env steps (all runners together) over which epsilon anneals linearly.
         self.epsilon_anneal_time: int = MODEL_DEFAULTS["epsilon_anneal_time"]
 
+        #: The preset applied before this config's other keys (see :data:`PRESETS`); None = marlx's defaults
+        #: (PyMARL's). Set it through ``update_from_dict({"preset": ...})`` (YAML ``config: {preset: epymarl}``)
+        #: or :meth:`apply_preset`; explicit keys of the same dict override the preset's values.
+        self.preset: str | None = None
+
     def training(
         self,
         *,
         buffer_size: int = NotProvided,
         batch_size_episodes: int = NotProvided,
         learning_starts_episodes: int = NotProvided,
-        num_updates_per_iteration: int = NotProvided,
+        num_updates_per_iteration: int | str = NotProvided,
         replay_obs_dtype: str = NotProvided,
         store_buffer_in_checkpoints: bool = NotProvided,
         double_q: bool = NotProvided,
@@ -149,10 +241,13 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
         n_step: int = NotProvided,
         target_update_interval_episodes: int = NotProvided,
         target_update_tau: float = NotProvided,
+        time_limit_terminal: bool = NotProvided,
+        standardise_rewards: bool = NotProvided,
         optimizer: str = NotProvided,
         optim_alpha: float = NotProvided,
-        optim_eps: float = NotProvided,
+        optim_eps: float | None = NotProvided,
         rnn_hidden_dim: int = NotProvided,
+        use_rnn: bool = NotProvided,
         obs_last_action: bool = NotProvided,
         obs_agent_id: bool = NotProvided,
         mixer: str = NotProvided,
@@ -172,6 +267,24 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
             if key not in ("self", "kwargs", "__class__") and value is not NotProvided:
                 setattr(self, key, value)
         return self
+
+    # -- presets ---------------------------------------------------------------------------
+    def apply_preset(self, name: str) -> "QMIXConfig":
+        """Set the values of preset ``name`` (:data:`PRESETS`); an unknown name raises a one-line MarlxError."""
+        if name not in PRESETS:
+            raise UnknownNameError("QMIX preset", str(name), PRESETS,
+                                   hint="Or leave preset out for marlx's defaults (PyMARL's)")
+        super().update_from_dict(dict(PRESETS[name]))
+        self.preset = name
+        return self
+
+    def update_from_dict(self, config_dict: dict) -> "QMIXConfig":
+        """RLlib's ``update_from_dict``; a ``preset`` key is applied first, the other keys then override it."""
+        config_dict = dict(config_dict)
+        preset = config_dict.pop("preset", None)
+        if preset is not None:
+            self.apply_preset(preset)
+        return super().update_from_dict(config_dict)
 
     @property
     def _model_config_auto_includes(self) -> dict[str, Any]:
@@ -209,6 +322,13 @@ class QMIXConfig(TeamRuntimeConfig, AlgorithmConfig):
             errors.append(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
         if not 0.0 < self.target_update_tau <= 1.0:
             errors.append(f"target_update_tau must be in (0, 1], got {self.target_update_tau}")
+        n_upd = self.num_updates_per_iteration
+        if not (n_upd == "per_episode" or (isinstance(n_upd, int) and not isinstance(n_upd, bool) and n_upd >= 0)):
+            errors.append(f"num_updates_per_iteration must be an integer >= 0 or 'per_episode', got {n_upd!r}")
+        if self.optim_eps is not None and not self.optim_eps > 0:
+            errors.append(f"optim_eps must be > 0 or None (the optimiser's default), got {self.optim_eps!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            errors.append(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if self.batch_size_episodes > self.buffer_size:
             errors.append("batch_size_episodes exceeds buffer_size")
         if errors:
@@ -271,7 +391,8 @@ class QMIX(Algorithm):
             NUM_EPISODES_SAMPLED_LIFETIME: self.replay.episodes_added,
         }
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            for _ in range(cfg.num_updates_per_iteration):
+            n_updates = len(episodes) if cfg.num_updates_per_iteration == "per_episode" else cfg.num_updates_per_iteration
+            for _ in range(n_updates):
                 data = self.replay.sample(cfg.batch_size_episodes)
                 for component in self.intrinsic:
                     component.annotate(data)

@@ -43,9 +43,10 @@ class WALLLearner(WolfpackModelTraining, QMIXLearner):
         params = [p for name, p in module.named_parameters()
                   if not name.startswith(("target_", "qdiff_transformer.", "planning_transformer."))]
         if config.optimizer == "rmsprop":
-            opt = torch.optim.RMSprop(params, lr=config.lr, alpha=config.optim_alpha, eps=config.optim_eps)
+            opt = torch.optim.RMSprop(params, lr=config.lr, alpha=config.optim_alpha,
+                                      **({} if config.optim_eps is None else {"eps": config.optim_eps}))
         else:
-            opt = torch.optim.Adam(params, lr=config.lr, eps=config.optim_eps)
+            opt = torch.optim.Adam(params, lr=config.lr, **({} if config.optim_eps is None else {"eps": config.optim_eps}))
         self.register_optimizer(module_id=module_id, optimizer=opt, params=params, lr_or_lr_schedule=config.lr)
 
     def compute_loss_for_module(self, *, module_id, config, batch: dict, fwd_out: dict[str, Any]) -> torch.Tensor:

@@ -2,5 +2,6 @@
 
 from marlx.envs.builtin.predator_prey import PredatorPreyEnv
 from marlx.envs.builtin.push_box import PushBoxEnv
+from marlx.envs.builtin.two_step import TwoStepGameEnv
 
-__all__ = ["PredatorPreyEnv", "PushBoxEnv"]
+__all__ = ["PredatorPreyEnv", "PushBoxEnv", "TwoStepGameEnv"]
