@@ -134,6 +134,25 @@ def ego_observation(raw: dict, n_agents: int, n_opponents: int | None = None) ->
     return np.asarray(rows, np.float32).reshape(n_agents, ego_dim(n_agents, m))
 
 
+def ego_state(raw: dict, n_agents: int, n_opponents: int | None = None) -> np.ndarray:
+    """The CDS/FoX global state (``get_simple_obs(-1)`` of FoX's GRF envs): absolute positions and directions of
+    the last ``n_agents`` left players and of the first ``n_opponents`` right players, the ball's position (3) and
+    direction (3). Returns ``(4 n + 4 m + 6,)`` float32 (26 for academy_3_vs_1_with_keeper)."""
+    m = len(raw["right_team"]) if n_opponents is None else int(n_opponents)
+    parts = [np.asarray(raw["left_team"])[-n_agents:], np.asarray(raw["left_team_direction"])[-n_agents:],
+             np.asarray(raw["right_team"])[:m], np.asarray(raw["right_team_direction"])[:m],
+             np.asarray(raw["ball"]), np.asarray(raw["ball_direction"])]
+    return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in parts]).astype(np.float32)
+
+
+def ego_state_names(n_agents: int, n_opponents: int) -> list[str]:
+    names = [f"team_{i}_{a}" for i in range(n_agents) for a in "xy"]
+    names += [f"team_{i}_direction_{a}" for i in range(n_agents) for a in "xy"]
+    names += [f"opponent_{i}_{a}" for i in range(n_opponents) for a in "xy"]
+    names += [f"opponent_{i}_direction_{a}" for i in range(n_opponents) for a in "xy"]
+    return names + [f"ball_{a}" for a in "xyz"] + [f"ball_direction_{a}" for a in "xyz"]
+
+
 class GRFTeamEnv(TeamEnv):
     """A gfootball scenario as a team (see the module docstring).
 
@@ -143,6 +162,8 @@ class GRFTeamEnv(TeamEnv):
         representation: ``"simple115v2"``, ``"simple115"``, ``"extracted"`` or ``"ego"`` (CDS/FoX's
             ego-centric vectors, :func:`ego_observation`; the engine runs with simple115v2 underneath).
         ego_opponents: right players in the ``ego`` view (default: ``EGO_OPPONENTS`` or the whole right team).
+        state_representation: ``"simple115v2"`` (default: the 104-dim state above) or ``"ego"``: the CDS/FoX
+            envs' global state (:func:`ego_state`, absolute positions; 26 dims on 3v1).
         time_limit_terminates: ``"sparse"`` only: the time limit (``episode_limit`` or gfootball's own) terminates
             (reward -1, no bootstrap) as in the released FoX/CDS env, whose info has no ``episode_limit`` so that
             PyMARL's runner records a termination; default False: it truncates (marlx's convention).
@@ -166,6 +187,7 @@ class GRFTeamEnv(TeamEnv):
         other_config_options: dict | None = None,
         ego_opponents: int | None = None,
         time_limit_terminates: bool = False,
+        state_representation: str = "simple115v2",
     ):
         if scenario not in GRF_SCENARIOS:
             from marlx.errors import UnknownNameError
@@ -175,6 +197,8 @@ class GRFTeamEnv(TeamEnv):
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         if representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
+        if state_representation not in ("simple115v2", "ego"):
+            raise ValueError(f"state_representation must be 'simple115v2' or 'ego', got {state_representation!r}")
         if team_reward not in ("mean", "sum"):
             raise ValueError(f"team_reward must be 'mean' or 'sum', got {team_reward!r}")
         football_env, self._simple115 = _import_gfootball()
@@ -208,8 +232,15 @@ class GRFTeamEnv(TeamEnv):
             m = ego_opponents if ego_opponents is not None else EGO_OPPONENTS.get(scenario, n_right)
             self.ego_opponents = int(min(m, n_right))
             self.obs_dim = ego_dim(self.n_agents, self.ego_opponents)
+        self.state_representation = state_representation
         self.state_dim = STATE_DIM
         self.state_names = _state_names()
+        if state_representation == "ego":
+            n_right = len(scenario_cfg.right_team)
+            m = int(min(ego_opponents if ego_opponents is not None else EGO_OPPONENTS.get(scenario, n_right), n_right))
+            self._state_opponents = m
+            self.state_dim = ego_dim(self.n_agents, m)
+            self.state_names = ego_state_names(self.n_agents, m)
         self._obs = np.zeros((self.n_agents, self.obs_dim), np.float32)
         self._raw: list[dict] = []
         super().__init__()
@@ -279,6 +310,8 @@ class GRFTeamEnv(TeamEnv):
         return self._obs
 
     def get_state(self):
+        if self.state_representation == "ego":
+            return ego_state(self._raw[0], self.n_agents, self._state_opponents)
         full = np.asarray(self._simple115.convert_observation([self._raw[0]], True)[0], np.float32)
         return np.concatenate([full[:97], full[108:]])  # drop the 11 "active player" slots
 

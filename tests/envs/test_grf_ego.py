@@ -65,7 +65,8 @@ def _random_keys(representation, steps=100):
     pytest.importorskip("gfootball")
     from marlx.envs.grf import GRFTeamEnv
 
-    env = GRFTeamEnv("academy_3_vs_1_with_keeper", reward="sparse", representation=representation)
+    env = GRFTeamEnv("academy_3_vs_1_with_keeper", reward="sparse", representation=representation,
+                     state_representation="ego" if representation == "ego" else "simple115v2")
     try:
         rng = np.random.default_rng(0)
         obs, _ = env.reset(seed=0)
@@ -74,6 +75,9 @@ def _random_keys(representation, steps=100):
         for _ in range(steps):
             if representation == "ego":
                 np.testing.assert_allclose(obs["obs"], ego_observation(env._raw[0], 3), atol=1e-6)
+                from marlx.envs.grf import ego_state
+
+                np.testing.assert_allclose(obs["state"], ego_state(env._raw[0], 3), atol=1e-6)
             keys.add(keyer.keys(obs["obs"].astype(np.float64)).tobytes())
             obs, _, term, trunc, _ = env.step(rng.integers(env.n_actions, size=3))
             if term or trunc:
@@ -86,6 +90,7 @@ def _random_keys(representation, steps=100):
 def test_real_grf_ego_observation_matches_raw_and_gives_many_formations():
     env, keys = _random_keys("ego")
     assert env.obs_dim == 26 and env.observation_space["obs"].shape == (3, 26)
+    assert env.state_dim == 26 and len(env.state_names) == 26
     assert len(keys) > 50, len(keys)
 
 
@@ -94,3 +99,17 @@ def test_real_grf_simple115_gives_few_formations():
     _, keys = _random_keys("simple115v2")
     _, ego = _random_keys("ego")
     assert len(ego) > 5 * len(keys)
+
+
+def test_ego_state_of_3v1_equals_hand_computed_vector():
+    from marlx.envs.grf import ego_state, ego_state_names
+
+    state = ego_state(RAW, n_agents=3)
+    expected = [0.6, 0.0, 0.7, 0.2, 0.7, -0.2,            # our 3 attackers (left_team[-3:])
+                0.01, 0.0, 0.0, 0.02, -0.01, 0.01,         # their directions
+                -1.0, 0.0, -0.75, 0.1,                      # right team
+                0.0, 0.0, 0.0, -0.01,                       # right directions
+                0.62, 0.0, 0.1, 0.0, 0.001, -0.002]         # ball, ball direction
+    np.testing.assert_allclose(state, expected, atol=1e-6)
+    names = ego_state_names(3, 2)
+    assert len(names) == 26 and names[12] == "opponent_0_x" and names[20] == "ball_x"
