@@ -91,9 +91,13 @@ def test_checkpoint_round_trip(ray_session, tmp_path):
         restored.stop()
 
 
-@pytest.mark.parametrize("critic_input", ["state", "state_obs_id", "obs_id"])
-def test_one_iteration_per_critic_input(ray_session, critic_input):
-    algo = small_config(critic_input=critic_input, num_mini_batch=2, data_chunk_length=5).build_algo()
+@pytest.mark.parametrize("critic_input,options", [
+    ("state", {"valuenorm_update": "iteration"}),
+    ("state_obs_id", {"bootstrap_on_truncation": False, "adv_norm": "all"}),
+    ("obs_id", {"value_active_masks": True, "use_valuenorm": False, "use_huber_loss": False}),
+])
+def test_one_iteration_per_critic_input(ray_session, critic_input, options):
+    algo = small_config(critic_input=critic_input, num_mini_batch=2, data_chunk_length=5, **options).build_algo()
     try:
         out = algo.train()["learners"]["default_policy"]
         assert np.isfinite(out["vf_loss"]) and np.isfinite(out["policy_loss"])
