@@ -20,7 +20,9 @@ the awareness bonus reads h_{far(t+1)} of F_{t+1} (the released code indexes tim
 0.5 factor on the squared TD error (PyMARL2) is not used: marlx's loss is PyMARL's/FoX's ``td_error ** 2``
 (Q4); epsilon is evaluated per env step from the lifetime step count (PyMARL: once per episode; Q5); the hard
 target update counts the episodes stored after this iteration (PyMARL the count before it: the copy can come
-one iteration earlier; Q6).
+one iteration earlier; Q6). The replay batch stays QMIX's 32 episodes by default; the released GRF runs use 8 with
+a burn-in of 32 episodes (F15), which ``tuned_examples/fox/grf_3v1.yaml`` sets, with one update per collected
+episode (``num_updates_per_iteration: per_episode``, Q2).
 """
 
 from __future__ import annotations
