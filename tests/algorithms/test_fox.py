@@ -188,3 +188,24 @@ def test_fox_grf_presets_use_ego_and_one_update_per_episode(name):
     cfg = exp["config"]
     assert cfg["env_config"]["representation"] == "ego"
     assert cfg["num_updates_per_iteration"] == "per_episode"  # Q2: FoX's runner updates once per episode
+
+
+@pytest.mark.slow
+def test_fox_on_grf_ego_visits_many_formations(ray_session):
+    pytest.importorskip("gfootball")
+    cfg = (FoXConfig()
+           .environment("grf/academy_3_vs_1_with_keeper",
+                        env_config={"reward": "sparse", "representation": "ego", "state_representation": "ego"})
+           .env_runners(num_envs_per_env_runner=2)
+           .training(batch_size_episodes=2, learning_starts_episodes=2, vae_samples_per_update=8)
+           .evaluation(evaluation_interval=None)
+           .debugging(seed=0))
+    algo = cfg.build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        counter = algo.formation_counter
+        assert len(counter) > 0.5 * counter.total > 5  # distinct formations, not one key for every step (F2)
+        assert "intrinsic/fox_awareness/vae_L1" in result["learners"]["default_policy"]
+    finally:
+        algo.stop()
