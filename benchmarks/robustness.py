@@ -101,18 +101,25 @@ def run_seed(args, seed: int) -> dict:
 
     exp = load_example(args.example)
     base = os.path.join(args.out, "robustness_runs", f"seed{seed}")
+    os.makedirs(base, exist_ok=True)
     t0 = time.perf_counter()
+    partial: dict = {"seed": seed}
+
+    def stage(key: str, value: dict) -> None:  # every stage is written at once (a run cut short keeps them)
+        partial.setdefault(key, {}).update(value)
+        partial["wall_s"] = round(time.perf_counter() - t0, 1)
+        with open(os.path.join(base, "partial.json"), "w") as f:
+            json.dump(partial, f, indent=1)
+        print(f"seed {seed}: {key} {value}", flush=True)
+
     qmix = train(build_config("QMIX", exp, seed), args.natural_steps, os.path.join(base, "qmix"))
-    print(f"seed {seed}: QMIX trained {qmix}", flush=True)
-    q_eval = evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"))
-    print(f"seed {seed}: QMIX evaluated {q_eval}", flush=True)
+    stage("qmix", qmix)
+    stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack")))
     wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"])
     wall = train(wall_cfg, args.wall_steps, os.path.join(base, "wall"))
-    print(f"seed {seed}: WALL trained {wall}", flush=True)
-    w_eval = evaluate(wall["checkpoint"], args, seed, os.path.join(base, "wall_attack"), refit=True, own=True)
-    print(f"seed {seed}: WALL evaluated {w_eval}", flush=True)
-    return {"seed": seed, "qmix": {**qmix, **q_eval}, "wall": {**wall, **w_eval},
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    stage("wall", wall)
+    stage("wall", evaluate(wall["checkpoint"], args, seed, os.path.join(base, "wall_attack"), refit=True, own=True))
+    return partial
 
 
 def success(part: dict, key: str) -> float:
@@ -147,8 +154,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--example", default=EXAMPLE, help="the natural QMIX run (default tuned_examples/qmix/predator_prey.yaml)")
     p.add_argument("--natural-steps", type=int, default=20_000, help="env steps of natural QMIX training")
-    p.add_argument("--wall-steps", type=int, default=6_000, help="env steps of WALL training from the QMIX checkpoint")
-    p.add_argument("--fit-steps", type=int, default=2_000, help="env steps of each Wolfpack attacker fit")
+    p.add_argument("--wall-steps", type=int, default=5_000, help="env steps of WALL training from the QMIX checkpoint")
+    p.add_argument("--fit-steps", type=int, default=3_000, help="env steps of each Wolfpack attacker fit")
     p.add_argument("--budget", type=int, default=8, help="attacked steps per episode, every attack (WALL test: 8)")
     p.add_argument("--episodes", type=int, default=32, help="natural and attacked episodes per evaluation")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
