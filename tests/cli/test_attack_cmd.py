@@ -151,3 +151,25 @@ def test_random_on_mappo_and_wolfpack_refused(mappo_checkpoint, tmp_path, capsys
     assert res["attacked"]["attacked_steps_max"] <= 2 and len(res["attacked"]["hits_per_agent"]) == 2
     err = error_of(["attack", mappo_checkpoint, "--attack", "wolfpack"], capsys)
     assert "needs per-agent Q values" in err and "MAPPO" in err
+
+
+@pytest.mark.parametrize("algo", ["FoX", "FIM"])
+def test_wolfpack_on_other_value_based_checkpoints(ray_session, tmp_path, capsys, algo):
+    """FoX (formation-aware agent) and FIM (QMIX + intrinsic reward) checkpoints: the attacker fit and Wolfpack run
+    on them as on QMIX (a fit too short for an update: the pipeline, not the attacker's quality)."""
+    from marlx.algorithms import get_algorithm_class
+
+    cfg = (get_algorithm_class(algo).get_default_config().environment("builtin/push_box", env_config=TINY)
+           .training(batch_size_episodes=2, learning_starts_episodes=2, buffer_size=10, rnn_hidden_dim=8,
+                     mixing_embed_dim=4, hypernet_embed=8).debugging(seed=0))
+    built = cfg.build_algo()
+    try:
+        built.train()
+        ckpt = str(built.save_to_path(tmp_path / "ckpt"))
+    finally:
+        built.stop()
+    res, err = run_json(marlx_cmd.main, ["attack", ckpt, "--attack", "wolfpack", "--budget", "3", "--episodes", "4",
+                                         "--fit-steps", "24", "--json"], capsys)
+    assert res["algorithm"] == algo and res["attacker"]["source"] == "fitted" and "fit 24/24 env steps" in err
+    assert os.path.isfile(os.path.join(ckpt + "_attack", ATTACKER_FILE))
+    assert res["attacked"]["attacked_steps_max"] <= 3
