@@ -155,7 +155,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def video_and_print(args: argparse.Namespace) -> int:
     """``evaluate --video``: greedy episodes played and rendered in this process (no Ray), one video file."""
-    from marlx.cli.evaluate import find_checkpoint
+    from marlx.cli.evaluate import check_checkpoint_files, find_checkpoint
     from marlx.errors import MarlxError
     from marlx.render.play import record_video
     from marlx.render.video import check_video_path
@@ -167,7 +167,7 @@ def video_and_print(args: argparse.Namespace) -> int:
     if args.budget is not None and args.budget < 0:
         raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {args.budget}")
     check_video_path(args.video)
-    find_checkpoint(args.checkpoint)
+    check_checkpoint_files(find_checkpoint(args.checkpoint))
     res = record_video(args.checkpoint, args.video, episodes=args.episodes, fps=args.fps, seed=args.seed or 0,
                        algo=args.algo, attack=args.attack, budget=args.budget)
     print_evaluation(res, args.json)
@@ -231,7 +231,9 @@ def train_experiments(data: dict, source: str, resume: bool, address: str | None
 def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address: str | None, as_json: bool,
                        attack: str | None = None, budget: int | None = None, seed: int | None = None,
                        fit_steps: int | None = None, refit: bool = False, out: str | None = None) -> int:
-    from marlx.cli.evaluate import attack_spec, checkpoint_algorithm, evaluate_checkpoint, find_checkpoint
+    from marlx.cli.evaluate import (
+        attack_spec, check_checkpoint_files, checkpoint_algorithm, evaluate_checkpoint, find_checkpoint,
+    )
     from marlx.cli.runner import init_ray
 
     from marlx.errors import MarlxError
@@ -240,7 +242,8 @@ def evaluate_and_print(checkpoint: str, episodes: int, algo: str | None, address
         raise MarlxError(f"--episodes must be >= 1, got {episodes}")
     if fit_steps is not None and fit_steps < 1:
         raise MarlxError(f"--fit-steps must be >= 1 env steps, got {fit_steps}")
-    found = find_checkpoint(checkpoint)  # fail on a bad path, attack or budget before Ray starts
+    found = find_checkpoint(checkpoint)  # fail on a bad path, a damaged checkpoint, attack or budget before Ray starts
+    check_checkpoint_files(found)
     attack_spec(attack, budget, checkpoint_algorithm(found)[0], fitted_planner=True)
     init_ray(address)
     res = evaluate_checkpoint(checkpoint, episodes=episodes, algo=algo, attack=attack, budget=budget, seed=seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pickle
 
@@ -27,6 +28,119 @@ def find_checkpoint(path: str) -> str:
             "pass a checkpoint_* folder of a run under runs/"
         )
     return max(found, key=os.path.getmtime)
+
+
+#: Written by ``marlx train/tune`` into each checkpoint folder: the SHA-256 of every file, checked before a restore.
+CHECKSUMS_FILE = "marlx_checksums.json"
+
+
+def _sha256(file: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(path: str) -> None:
+    """Record the SHA-256 of every file of checkpoint folder ``path`` (a local folder; others are skipped)."""
+    if not os.path.isdir(path):
+        return
+    sums = {}
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = os.path.join(root, name)
+            rel = os.path.relpath(file, path)
+            if rel != CHECKSUMS_FILE:
+                sums[rel] = _sha256(file)
+    tmp = os.path.join(path, CHECKSUMS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(sums, f, indent=0, sort_keys=True)
+    os.replace(tmp, os.path.join(path, CHECKSUMS_FILE))
+
+
+#: The file types of an RLlib 2.60 checkpoint and how each is read back.
+_READERS = {".pkl": "pickle", ".json": "json", ".msgpack": "msgpack"}
+
+
+def _read(file: str, kind: str):
+    with open(file, "rb") as f:
+        if kind == "json":
+            return json.load(f)
+        if kind == "msgpack":
+            import msgpack
+
+            return msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
+        return pickle.load(f)
+
+
+def check_checkpoint_files(path: str) -> None:
+    """Every file of the algorithm checkpoint ``path`` reads back, and the module weights are all there.
+
+    A checkpoint written by ``marlx train``/``marlx tune`` carries :data:`CHECKSUMS_FILE`: then every byte is
+    checked too (a flipped byte in the weights still unpickles, and would be evaluated as other weights).
+
+    RLlib restores whatever component folders it finds: a missing ``learner_group/.../rl_module/<module>`` folder
+    would leave that module with fresh random weights, evaluated without a word. So every component folder
+    (one with ``metadata.json``) must hold its state file, and the learner's ``rl_module`` folder one folder per
+    module of the checkpoint's module spec, each with its weights. A truncated or corrupt file is a
+    NotACheckpointError naming the file.
+    """
+    def bad(rel: str, why: str) -> NotACheckpointError:
+        return NotACheckpointError(
+            f"checkpoint {path} is damaged: {rel} {why}; it cannot be restored: use another checkpoint "
+            "(a run folder keeps one checkpoint_* per checkpoint_frequency iterations)")
+
+    sums_file = os.path.join(path, CHECKSUMS_FILE)
+    if os.path.isfile(sums_file):  # a checkpoint of marlx train/tune: every byte as written
+        try:
+            with open(sums_file) as f:
+                sums = json.load(f)
+        except ValueError:
+            raise bad(CHECKSUMS_FILE, "is truncated or corrupt") from None
+        for rel, digest in sorted(sums.items()):
+            file = os.path.join(path, rel)
+            if not os.path.isfile(file):
+                raise bad(rel, "is missing")
+            if _sha256(file) != digest:
+                raise bad(rel, "is corrupt: its bytes differ from those written with the checkpoint (SHA-256 in "
+                               f"{CHECKSUMS_FILE})")
+    contents = {}
+    for root, _dirs, files in os.walk(path):
+        for name in sorted(files):
+            file = os.path.join(root, name)
+            rel = os.path.relpath(file, path)
+            kind = _READERS.get(os.path.splitext(name)[1])
+            if kind is None or rel == CHECKSUMS_FILE:
+                continue
+            try:
+                contents[rel] = _read(file, kind)
+            except (ModuleNotFoundError, ImportError) as e:
+                raise NotACheckpointError(f"{path} was written by code that is not importable here: {e}") from None
+            except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, JSONDecodeError, ValueError, ...
+                why = f"{type(e).__name__}: {e}".strip().rstrip(":")
+                raise bad(rel, f"is truncated or corrupt ({why[:160]})") from None
+    for rel, meta in contents.items():
+        if os.path.basename(rel) not in ("metadata.json", CHECKPOINT_MARKER) or not isinstance(meta, dict):
+            continue
+        folder = os.path.dirname(rel)
+        state = meta.get("state_file")
+        if state and not any(os.path.join(folder, state + ext) in contents for ext in (".pkl", ".msgpack")):
+            raise bad(os.path.join(folder, state + ".pkl"), "is missing")
+    for rel, data in contents.items():
+        if not rel.endswith(os.path.join("rl_module", "class_and_ctor_args.pkl")) or not isinstance(data, dict):
+            continue
+        try:
+            specs = data["ctor_args_and_kwargs"][1].get("rl_module_specs") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue
+        folder = os.path.dirname(rel)
+        for module_id in specs:
+            weights = [os.path.join(folder, str(module_id), "module_state" + ext) for ext in (".pkl", ".msgpack")]
+            if not any(w in contents for w in weights):
+                raise bad(weights[0], f"is missing (the weights of module {module_id!r})")
 
 
 def checkpoint_algorithm(path: str) -> tuple[type, dict]:

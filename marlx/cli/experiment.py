@@ -223,6 +223,8 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         if not (hasattr(algo_config, translated) or translated in _SPECIAL_CONFIG_KEYS):
             valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
             raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
+        if translated not in _SPECIAL_CONFIG_KEYS and key != "env":
+            value = check_value_type(getattr(algo_config, translated, None), value, f"{where}.{key}", notices)
         fixed[key] = value
     env = fixed.pop("env", env)
     model_config = fixed.pop("model_config", None)  # a read-only property: set through rl_module()
@@ -271,6 +273,72 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # RLlib adds a how-to-suppress line
         raise MarlxError(f"{where} (of {algo_class.__name__}) is invalid: {first}") from None
     return algo_config, notices
+
+
+#: Strings that RLlib accepts in place of a number (``rollout_fragment_length: auto``, ``evaluation_duration: auto``).
+NUMBER_KEYWORDS = ("auto",)
+
+
+def _describe(value) -> str:
+    kind = {str: "the string", bool: "the boolean", int: "the integer", float: "the number", list: "the list",
+            dict: "the mapping"}.get(type(value), f"a {type(value).__name__}")
+    return f"{kind} {value!r}"
+
+
+def check_value_type(default, value, where: str, notices: list | None = None):
+    """``value`` checked against the type of the config attribute's ``default`` (generic: any config class);
+    returns the value to use. A wrong type is one MarlxError line naming the key, the expected type and the value.
+
+    Rules: None is always accepted (RLlib's "unset"); a default of None or of another type (a class, a space)
+    accepts anything. A bool default takes a bool; a number default takes an int or float, one of
+    :data:`NUMBER_KEYWORDS`, a float default also a schedule ``[[t, value], ...]``, and a number written as a string
+    (YAML reads ``1e-3`` as one) is converted with a notice; a str default takes a str; a dict a mapping; a list
+    or tuple a list; a default of ``"auto"`` also takes a number.
+    """
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif isinstance(default, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value in NUMBER_KEYWORDS:
+            return value
+        if isinstance(default, float) and isinstance(value, list) and value and all(
+                isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+            return value  # a schedule [[timestep, value], ...]
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and not (isinstance(default, int) and not number.is_integer()):
+                number = int(number) if isinstance(default, int) and not isinstance(default, bool) else number
+                if notices is not None:
+                    notices.append(f"{where}: the string {value!r} is read as the number {number!r}")
+                return number
+        expected = "an integer" if isinstance(default, int) else "a number"
+        if isinstance(default, float):
+            expected += " (or a schedule [[timestep, value], ...])"
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if default in NUMBER_KEYWORDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value  # "auto" or a number, e.g. num_cpus_per_learner
+        expected = "a string"
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+        expected = "a mapping"
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return value
+        expected = "a list"
+    else:
+        return value
+    raise MarlxError(f"{where} must be {expected} (its default is {default!r}), got {_describe(value)}")
 
 
 #: marlx sections consumed by build_config -> where they land in the RLlib config dict (Tune's param space).

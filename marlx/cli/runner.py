@@ -215,6 +215,9 @@ def _progress_callback(stop: GracefulStop | None = None, verbose: bool = True):
                 print(prefix + format_progress(result), flush=True)
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            from marlx.cli.evaluate import write_checksums
+
+            write_checksums(checkpoint.path)  # checked before any restore by marlx evaluate
             if stop is not None:
                 stop.on_checkpoint(trial, checkpoint.path)
             if verbose:

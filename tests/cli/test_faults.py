@@ -66,6 +66,7 @@ def test_signal_writes_a_checkpoint_and_resume_continues_from_it(tmp_path, sig):
     stopped_at, steps_at, ckpt = int(m.group(1)), int(m.group(2)), m.group(3)
     assert 6 <= stopped_at < 25, out[-3000:]  # not the periodic checkpoint: the signal wrote it
     assert os.path.isfile(os.path.join(ckpt, "rllib_checkpoint.json"))
+    assert os.path.isfile(os.path.join(ckpt, "marlx_checksums.json"))  # marlx evaluate checks every byte
     trial_dir = os.path.dirname(ckpt)
     before = {r["training_iteration"]: r for r in _results(trial_dir)}
     assert before[stopped_at]["num_env_steps_sampled_lifetime"] == steps_at
