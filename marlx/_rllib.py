@@ -66,6 +66,34 @@ def enable_token_auth_if_available() -> bool:
     return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
 
 
-#: Loggers whose lines no marlx user can act on (Ray 2.60 names): the "Token authentication is enabled for this Ray
-#: cluster" notice of every local start.
-NOISY_RAY_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+#: Log lines that no marlx user can act on, by the (Ray 2.60) logger that writes them: the "Token authentication is
+#: enabled for this Ray cluster" notice of every local start, RLlib's own ``RLModule(config=...)`` deprecation
+#: (raised inside RLlib's module construction, not by marlx's call), Tune's "Install gputil" on every Trainable.
+NOISY_RAY_LINES = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
+    "ray._common.deprecation": ("RLModule(config=",),
+    "ray.tune.utils.util": ("Install gputil",),
+}
+NOISY_RAY_LOGGERS = tuple(NOISY_RAY_LINES)
+
+
+class _DropLines:
+    def __init__(self, fragments):
+        self.fragments = fragments
+
+    def filter(self, record) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: let logging report it
+            return True
+        return not any(f in msg for f in self.fragments)
+
+
+def quiet_ray_lines() -> None:
+    """Drop :data:`NOISY_RAY_LINES` (only those lines: the loggers' other warnings stay)."""
+    import logging
+
+    for name, fragments in NOISY_RAY_LINES.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in log.filters):
+            log.addFilter(_DropLines(fragments))

@@ -20,10 +20,9 @@ def prepare_process() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"gymnasium\..*")
     # "You are running PPO on the new API stack!" on every config validation: noise for a CLI user
     logging.getLogger("ray.rllib.algorithms.algorithm_config").setLevel(logging.ERROR)
-    from marlx._rllib import NOISY_RAY_LOGGERS
+    from marlx._rllib import quiet_ray_lines
 
-    for name in NOISY_RAY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_ray_lines()
     import torch
 
     torch.set_num_threads(1)

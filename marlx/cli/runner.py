@@ -95,21 +95,46 @@ def _get(result: dict, path: str, default=float("nan")):
     return node
 
 
-def format_progress(result: dict) -> str:
-    """One line per training iteration: iteration, env steps, return, success rate, steps/s."""
+def format_progress(result: dict, show_success: bool | None = None) -> str:
+    """One line per training iteration: iteration, env steps, return, success rate (only for envs that report one),
+    steps/s, time, and the env-runner restarts so far when there were any.
+
+    ``show_success``: None decides from ``result`` (shown when it has a success rate, or when no episode has ended
+    yet, as ``nan`` like the return); the progress callback remembers per trial whether the env reports one.
+    """
     it = result.get("training_iteration", 0)
     steps = _get(result, "num_env_steps_sampled_lifetime", None)
     if steps is None:
         steps = _get(result, "env_runners/num_env_steps_sampled_lifetime", 0)
     ret = _get(result, "env_runners/episode_return_mean")
-    succ = _get(result, "env_runners/success_rate")
+    succ = _get(result, "env_runners/success_rate", None)
+    if show_success is None:
+        show_success = succ is not None or _is_nan(ret)
     dt = result.get("time_this_iter_s") or float("nan")
     iter_steps = _get(result, "env_runners/num_env_steps_sampled", 0)
     sps = iter_steps / dt if dt and not math.isnan(dt) and dt > 0 else float("nan")
-    return (
-        f"iter {it:4d} | env steps {int(steps or 0):9d} | return {ret:8.3f} | success {succ:5.2f} "
-        f"| {sps:7.0f} steps/s | {result.get('time_total_s', 0.0):7.1f} s"
-    )
+    line = f"iter {it:4d} | env steps {int(steps or 0):9d} | return {ret:8.3f}"
+    if show_success:
+        line += f" | success {float('nan') if succ is None else succ:5.2f}"
+    line += f" | {sps:7.0f} steps/s | {result.get('time_total_s', 0.0):7.1f} s"
+    restarts = _get(result, "fault_tolerance/num_remote_worker_restarts", 0) or 0
+    if restarts:
+        line += f" | env-runner restarts {int(restarts)}"
+    return line
+
+
+def _is_nan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def reports_success(result: dict, known: bool | None) -> bool | None:
+    """Whether a trial's env reports success: yes once a result has a success rate, no once episodes ended without
+    one, else still unknown."""
+    if _get(result, "env_runners/success_rate", None) is not None:
+        return True
+    if known is None and not _is_nan(_get(result, "env_runners/episode_return_mean")):
+        return False
+    return known
 
 
 class Interrupted(MarlxError):
@@ -207,12 +232,23 @@ def _progress_callback(stop: GracefulStop | None = None, verbose: bool = True):
     class ProgressLines(tune.Callback):
         """Prints one line per iteration and where checkpoints go; carries out a graceful stop."""
 
+        def __init__(self):
+            self.success: dict[str, bool | None] = {}  # trial id -> does its env report success?
+            self.restarts: dict[str, int] = {}
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if stop is not None:
                 stop.on_result(trial, result)
             if verbose:
                 prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
-                print(prefix + format_progress(result), flush=True)
+                known = self.success[trial.trial_id] = reports_success(result, self.success.get(trial.trial_id))
+                print(prefix + format_progress(result, show_success=True if known is None else known), flush=True)
+                restarts = int(_get(result, "fault_tolerance/num_remote_worker_restarts", 0) or 0)
+                if restarts > self.restarts.get(trial.trial_id, 0):
+                    print(f"{prefix}an env runner failed and was restarted ({restarts} restart"
+                          f"{'s' if restarts != 1 else ''} so far); its samples of that iteration are lost",
+                          flush=True)
+                self.restarts[trial.trial_id] = restarts
 
         def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
             from marlx.cli.evaluate import write_checksums
@@ -343,6 +379,10 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True, 
         )
         if exp.is_search:
             marlx_tune.write_spec(exp, path)
+    # Tune's console header (a box and "tensorboard --logdir <Ray session folder>", the wrong folder): marlx's own
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if verbose:
+        print(f"run folder: {path} (tensorboard --logdir {path})", flush=True)
     installed = stop.install()
     quiet = _QuietTuneInterrupt()
     tune_logger = logging.getLogger("ray.tune.tune")

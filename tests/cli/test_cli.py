@@ -262,5 +262,5 @@ def test_private_rllib_apis_exist_in_this_ray():
     from ray._private.authentication import authentication_token_setup as auth
 
     assert callable(auth.maybe_enable_token_auth_if_token_available)
-    for name in _rllib.NOISY_RAY_LOGGERS:
+    for name in _rllib.NOISY_RAY_LINES:
         assert importlib.import_module(name).logger.name == name

@@ -41,5 +41,11 @@ def test_two_remote_runners_and_a_killed_one(ray_session):
         assert r["env_runners"]["num_env_steps_sampled_lifetime"] > before  # training went on
         assert healthy[-1] == 2, healthy  # and the runner was restarted
         assert "td_loss" in r["learners"]["default_policy"]
+        # the progress line of `marlx train` reports the restart
+        from marlx.cli.runner import format_progress
+
+        restarts = r["fault_tolerance"]["num_remote_worker_restarts"]
+        assert restarts >= 1
+        assert format_progress(r).endswith(f"| env-runner restarts {restarts}")
     finally:
         algo.stop()
