@@ -16,6 +16,7 @@ Everything that can be wrong with a file is found here, before Ray starts, and r
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -224,7 +225,8 @@ def build_config(algo_class: type, env: str | None, config: dict, where: str = "
             valid = [k for k in vars(algo_config) if not k.startswith("_")] + sorted(MARLX_CONFIG_KEYS)
             raise ConfigKeyError(key, f"{where} (of {algo_class.__name__})", valid)
         if translated not in _SPECIAL_CONFIG_KEYS and key != "env":
-            value = check_value_type(getattr(algo_config, translated, None), value, f"{where}.{key}", notices)
+            value = check_value_type(getattr(algo_config, translated, None), value, f"{where}.{key}", notices,
+                                     declared=declared_types(type(algo_config)).get(translated))
         fixed[key] = value
     env = fixed.pop("env", env)
     model_config = fixed.pop("model_config", None)  # a read-only property: set through rl_module()
@@ -285,7 +287,67 @@ def _describe(value) -> str:
     return f"{kind} {value!r}"
 
 
-def check_value_type(default, value, where: str, notices: list | None = None):
+#: Type names of annotations (``self.x: int | str = 1``) that :func:`check_value_type` understands.
+_DECLARED = {"int": "number", "float": "number", "str": "str", "bool": "bool", "dict": "dict", "Dict": "dict",
+             "list": "list", "List": "list", "tuple": "list", "Tuple": "list", "None": "none"}
+_IGNORED_NAMES = {"Optional", "Union"}
+
+
+@functools.lru_cache(maxsize=None)
+def declared_types(config_class: type) -> dict:
+    """Attribute -> annotation text of ``self.attr: T = ...`` in the ``__init__`` of ``config_class`` and its bases
+    (the most derived wins); Python keeps no such annotations at run time, so they are read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    out: dict = {}
+    for klass in config_class.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Attribute)
+                    and isinstance(node.target.value, ast.Name) and node.target.value.id == "self"):
+                out.setdefault(node.target.attr, ast.unparse(node.annotation))
+    return out
+
+
+def _declared_kinds(declared: str | None) -> set | None:
+    """``"int | str"`` -> ``{"number", "str"}``; None when absent or naming a type beyond the simple ones."""
+    if not declared:
+        return None
+    import re
+
+    names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9.]*", declared)) - _IGNORED_NAMES
+    if not names or any(n not in _DECLARED for n in names):
+        return None
+    return {_DECLARED[n] for n in names}
+
+
+_KIND_WORDS = {"number": "a number", "str": "a string", "bool": "true or false", "dict": "a mapping", "list": "a list",
+               "none": "null"}
+
+
+def _value_kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def check_value_type(default, value, where: str, notices: list | None = None, declared: str | None = None):
     """``value`` checked against the type of the config attribute's ``default`` (generic: any config class);
     returns the value to use. A wrong type is one MarlxError line naming the key, the expected type and the value.
 
@@ -293,9 +355,28 @@ def check_value_type(default, value, where: str, notices: list | None = None):
     accepts anything. A bool default takes a bool; a number default takes an int or float, one of
     :data:`NUMBER_KEYWORDS`, a float default also a schedule ``[[t, value], ...]``, and a number written as a string
     (YAML reads ``1e-3`` as one) is converted with a notice; a str default takes a str; a dict a mapping; a list
-    or tuple a list; a default of ``"auto"`` also takes a number.
+    or tuple a list; a default of ``"auto"`` also takes a number. ``declared``: the attribute's annotation in the
+    config class (``int | str``, see :func:`declared_types`); when it names only simple types it decides instead.
     """
-    if value is None or default is None:
+    if value is None:
+        return value
+    kinds = _declared_kinds(declared)
+    if kinds is not None:
+        if _value_kind(value) in kinds or (isinstance(value, str) and value in NUMBER_KEYWORDS and "number" in kinds):
+            return value
+        if "str" not in kinds and "number" in kinds and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None:
+                if notices is not None:
+                    notices.append(f"{where}: the string {value!r} is read as the number {number!r}")
+                return int(number) if number.is_integer() and "float" not in declared else number
+        words = dict(_KIND_WORDS, number="an integer" if "float" not in declared else "a number")
+        expected = " or ".join(words[k] for k in sorted(kinds - {"none"}, key=list(_KIND_WORDS).index))
+        raise MarlxError(f"{where} must be {expected} (its default is {default!r}), got {_describe(value)}")
+    if default is None:
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
