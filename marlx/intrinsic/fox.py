@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: A batch of at least this many formations that yields one distinct key triggers the degenerate-key warning.
 SINGLE_KEY_MIN_STEPS = 16
+#: ... and a batch of at least FEW_KEYS_MIN_STEPS formations with fewer distinct keys than this fraction of them.
+FEW_KEYS_MIN_STEPS, FEW_KEYS_FRACTION = 200, 0.02
 
 FOX_KEYS, FOX_FAR, FOX_NEAR, FOX_COUNT_BONUS = "fox_keys", "fox_far", "fox_near", "fox_count_bonus"
 #: Per-step replay column ``[T]``: N(F_{t+1}) as counted when F_{t+1} was collected (``count_at="collection"``).
@@ -140,15 +142,21 @@ class FoXCount(IntrinsicReward):
         self._check_degenerate(batch_keys)
 
     def _check_degenerate(self, batch_keys: list) -> None:
-        """Warn (once) when a collected batch of >= ``SINGLE_KEY_MIN_STEPS`` formations has a single key."""
+        """Warn (once) when a collected batch's formations carry (almost) no information: a single key over at
+        least ``SINGLE_KEY_MIN_STEPS`` formations, or fewer than ``FEW_KEYS_FRACTION`` of ``FEW_KEYS_MIN_STEPS``
+        or more (the GRF simple115 case: 4 keys over 1,500 random steps)."""
         if self._warned or not batch_keys:
             return
         flat = np.concatenate(batch_keys)
-        if len(flat) >= SINGLE_KEY_MIN_STEPS and len(np.unique(flat, axis=0)) == 1:
+        distinct = len(np.unique(flat, axis=0))
+        single = len(flat) >= SINGLE_KEY_MIN_STEPS and distinct == 1
+        few = len(flat) >= FEW_KEYS_MIN_STEPS and distinct < FEW_KEYS_FRACTION * len(flat)
+        if single or few:
             self._warned = True
-            msg = (f"FoX: all {len(flat)} formations of this batch have the same key: the agents' "
-                   f"{self.options['formation_source']} vectors carry no formation (e.g. rows that differ only in a "
-                   "one-hot); use an observation whose per-agent differences encode positions (GRF: env_config "
+            what = "the same key" if distinct == 1 else f"only {distinct} distinct keys"
+            msg = (f"FoX: the {len(flat)} formations of this batch have {what}: the agents' "
+                   f"{self.options['formation_source']} vectors carry almost no formation (e.g. rows that differ only "
+                   "in a one-hot); use an observation whose per-agent differences encode positions (GRF: env_config "
                    "representation: ego) or formation_source: positions")
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)

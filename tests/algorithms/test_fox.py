@@ -166,6 +166,11 @@ def test_count_component_warns_once_when_a_batch_has_a_single_formation_key():
         informative = FoXCount({}, None, None, where="driver")
         informative.observe([_episode(rng.normal(size=(20, 3, 8)))])
     assert len(informative.counter) == 20
+    # 300 formations with 3 distinct keys (GRF simple115 gave 4 over 1,500 random steps): warned too
+    few = FoXCount({}, None, None, where="driver")
+    three = rng.normal(size=(3, 3, 8))
+    with pytest.warns(RuntimeWarning, match="only 3 distinct keys"):
+        few.observe([_episode(three[np.arange(300) % 3])])
 
 
 def test_fox_on_grf_refuses_observations_without_formation_information():
