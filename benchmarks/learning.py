@@ -30,7 +30,9 @@ import yaml  # noqa: E402
 torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHORT_ENV = {"mpe/simple_spread": "mpe_spread"}
+SHORT_ENV = {"mpe/simple_spread": "mpe_spread", "lbf/8x8-2p-2f-coop": "lbf_8x8"}
+#: learner statistics of value-decomposition learners kept per row (NaN for other algorithms)
+LEARNER_COLUMNS = ("td_loss", "q_tot_mean", "target_mean", "reward_std_running")
 
 
 def default_example(algo: str, env: str) -> str:
@@ -88,7 +90,8 @@ def formation_tally(formation_round: int):
                           where="driver")
 
 
-def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1) -> list[dict]:
+def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1,
+             max_wall_s: float | None = None) -> list[dict]:
     from marlx.algorithms import get_algorithm_class
 
     config = dict(exp["config"])
@@ -110,7 +113,8 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: i
             eval_episodes = get(r, "evaluation/env_runners/num_episodes_lifetime", 0.0)
             evaluated = eval_episodes > last_eval_episodes
             last_eval_episodes = max(last_eval_episodes, eval_episodes)
-            if evaluated or steps >= budget:
+            out_of_time = max_wall_s is not None and time.perf_counter() - t0 >= max_wall_s
+            if evaluated or steps >= budget or out_of_time:
                 rows.append({
                     "seed": seed, "iteration": r["training_iteration"], "env_steps": steps,
                     "wall_s": round(time.perf_counter() - t0, 1),
@@ -119,42 +123,45 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: i
                     "eval_success": get(r, "evaluation/env_runners/success_rate") if evaluated else float("nan"),
                     "eval_return": get(r, "evaluation/env_runners/episode_return_mean") if evaluated else float("nan"),
                     "formations": len(tally.counter) if tally is not None else float("nan"),
+                    **{k: get(r, f"learners/default_policy/{k}") for k in LEARNER_COLUMNS},
                 })
                 print(rows[-1], flush=True)
-            if steps >= budget:
+            if steps >= budget or out_of_time:
                 break
     finally:
         algo.stop()
     return rows
 
 
-def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1) -> list[dict]:
+def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1,
+                   max_wall_s: float | None = None) -> list[dict]:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     import marlx.envs.registry  # noqa: F401  (env names in this worker's Tune registry)
 
-    return run_seed(exp, seed, max_env_steps, formation_round)
+    return run_seed(exp, seed, max_env_steps, formation_round, max_wall_s)
 
 
 def eval_curve(rows: list[dict], seed: int) -> list[dict]:
     return [r for r in rows if r["seed"] == seed and r["eval_success"] == r["eval_success"]]
 
 
-def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate: float) -> None:
-    """Greedy success against env steps: per algorithm the mean over seeds with its 95% bootstrap band
-    (the curves of `marlx plot`)."""
+def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate: float, metric: str = "success",
+         ylim=(-0.02, 1.02)) -> None:
+    """Greedy success (or return, ``metric="return"``) against env steps: per algorithm the mean over seeds with
+    its 95% bootstrap band (the curves of `marlx plot`)."""
     from marlx.results.plot import plot_curves
 
     curves = {}
     for algo, rows in rows_by_algo.items():
         per_seed = []
         for s in sorted({r["seed"] for r in rows}):
-            pts = [(r["env_steps"], r["eval_success"]) for r in eval_curve(rows, s)]
+            pts = [(r["env_steps"], r[f"eval_{metric}"]) for r in eval_curve(rows, s)]
             if pts:
                 per_seed.append(tuple(zip(*pts)))
-        curves[f"{algo}: greedy success"] = per_seed
-    plot_curves(curves, path, xlabel="env steps", ylabel="success rate", title=title,
-                hlines={"random play": random_rate}, ylim=(-0.02, 1.02))
+        curves[f"{algo}: greedy {metric}"] = per_seed
+    plot_curves(curves, path, xlabel="env steps", ylabel="success rate" if metric == "success" else "return",
+                title=title, hlines={"random play": random_rate}, ylim=ylim)
 
 
 def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
@@ -182,7 +189,8 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
 
 
 def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max_env_steps: int | None,
-            threshold: float, out: str, example: str | None = None, formation_round: int | None = 1) -> dict:
+            threshold: float, out: str, example: str | None = None, formation_round: int | None = 1,
+            max_wall_s: float | None = None, num_cpus: int | None = None) -> dict:
     """Run the tuned examples of ``algos`` on one task (``env_config`` replaces the examples' when given) for
     ``seeds`` seeds side by side as Ray tasks; write the CSV and PNG under ``out`` and return the per-algorithm
     summaries with the random-play baseline measured on the same task."""
@@ -205,9 +213,9 @@ def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max
     env_config = first["config"].get("env_config", {})
     rand_rate, rand_return = random_success(first["env"], env_config)
     # seeds (and algorithms) run side by side as Ray tasks (one CPU each; the algorithm lives inside the task)
-    ray.init(num_cpus=max(2, seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=num_cpus or max(2, seeds), include_dashboard=False, log_to_driver=False, configure_logging=False)
     remote = ray.remote(num_cpus=1)(_run_seed_task)
-    futures = {algo: [remote.remote(exp, s, max_env_steps, formation_round) for s in range(seeds)]
+    futures = {algo: [remote.remote(exp, s, max_env_steps, formation_round, max_wall_s) for s in range(seeds)]
                for algo, (_, exp) in exps.items()}
     rows_by_algo = {algo: [row for part in ray.get(f) for row in part] for algo, f in futures.items()}
     ray.shutdown()
@@ -219,7 +227,9 @@ def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max
         writer.writeheader()
         for algo, rows in rows_by_algo.items():
             writer.writerows({"algo": algo, **r} for r in rows)
-    plot(rows_by_algo, os.path.join(out, stem + ".png"), f"{' vs '.join(algos)} on {first['env']} {env_config}", rand_rate)
+    title = f"{' vs '.join(algos)} on {first['env']} {env_config}"
+    plot(rows_by_algo, os.path.join(out, stem + ".png"), title, rand_rate)
+    plot(rows_by_algo, os.path.join(out, stem + "_return.png"), title, rand_return, metric="return", ylim=None)
     summary = {algo: summarise(rows, seeds, threshold) for algo, rows in rows_by_algo.items()}
     return {"summary": summary, "first": first, "env_config": env_config, "exps": exps, "stem": stem,
             "random_success": rand_rate, "random_return": rand_return}
@@ -238,7 +248,13 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--formation-round", type=int, default=1,
                    help="decimals of the formation keys counted in the formations column (FoX's push_box example: 1)")
+    p.add_argument("--max-wall-s", type=float, default=None,
+                   help="also stop each seed after this many seconds (it then reports the env steps it reached)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs Ray may use (default max(2, seeds)); algorithms x seeds of them run every trial at once")
     args = p.parse_args()
+    if args.formation_round < 0:  # no formation count
+        args.formation_round = None
 
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
     if args.example and len(algos) > 1:
@@ -246,7 +262,7 @@ def main() -> None:
     try:
         run = compare(algos, args.env, json.loads(args.env_config) if args.env_config else None, args.seeds,
                       args.max_env_steps, args.threshold, args.out, example=args.example,
-                      formation_round=args.formation_round)
+                      formation_round=args.formation_round, max_wall_s=args.max_wall_s, num_cpus=args.num_cpus)
     except ValueError as e:
         p.error(str(e))
     summary, first, env_config, exps = run["summary"], run["first"], run["env_config"], run["exps"]
