@@ -89,7 +89,9 @@ class FederatedHook(LearnerHook):
 
     @classmethod
     def check_config(cls, config, **options: Any) -> None:
-        n = int(getattr(config, "num_learners", 0) or 0)
+        n = getattr(config, "num_learners", 0) or 0
+        if not isinstance(n, (int, np.integer)):  # a search space: each trial's value is checked by on_build
+            return
         if n < 2:
             raise MarlxError(f"optim.federated makes each learner a client and needs num_learners >= 2, got "
                              f"{n}; set num_learners: 2 (and num_cpus_per_learner to fit the machine)")
