@@ -76,7 +76,9 @@ class MAPPOConfig(TeamRuntimeConfig, AlgorithmConfig):
         self.grad_clip = 10.0  # official --max_grad_norm, applied per optimiser (actor, critic)
         self.grad_clip_by = "global_norm"
         self.num_epochs = 15  # official --ppo_epoch (15 on the SMAC easy maps; 10 / 5 on hard ones)
-        self.minibatch_size = None  # None: num_mini_batch minibatches (official --num_mini_batch 1)
+        # None: num_mini_batch minibatches (official --num_mini_batch 1); else minibatches of about this many env
+        # steps, made of whole data_chunk_length chunks
+        self.minibatch_size = None
         self.train_batch_size_per_learner = 3200  # SMAC scripts: 8 envs x 400 steps (--episode_length 400)
         self.num_envs_per_env_runner = 8  # SMAC scripts --n_rollout_threads 8
         self.num_env_runners = 0
