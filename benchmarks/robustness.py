@@ -75,22 +75,19 @@ def train(cfg, steps: int, path: str) -> dict:
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def evaluate(ckpt: str, args, seed: int, folder: str, refit: bool = False, own: bool = False) -> dict:
+def evaluate(ckpt: str, args, seed: int, folder: str, which: str) -> dict:
+    """One ``evaluate_checkpoint`` call: ``which`` = "random", "wolfpack" (attacker fitted against the frozen
+    policy; refitted if one is saved), or "wolfpack_own" (a WALL checkpoint's own attacker)."""
     from marlx.cli.evaluate import evaluate_checkpoint
 
-    out = {}
-    res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="random", budget=args.budget, seed=seed,
-                              out=folder)
-    out["natural"] = res["natural"]
-    out["random"] = res["attacked"]
-    if own:
-        res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="wolfpack", budget=args.budget, seed=seed,
-                                  out=folder)
-        out["wolfpack_own"] = res["attacked"]
-    res = evaluate_checkpoint(ckpt, episodes=args.episodes, attack="wolfpack", budget=args.budget, seed=seed,
-                              fit_steps=args.fit_steps, refit=refit, out=folder)
-    out["wolfpack"] = res["attacked"]
-    out["attacker"] = {k: res["attacker"].get(k) for k in ("source", "env_steps", "updates", "seconds", "losses")}
+    kwargs = {"attack": "random" if which == "random" else "wolfpack", "budget": args.budget, "seed": seed,
+              "out": folder, "episodes": args.episodes}
+    if which == "wolfpack":
+        kwargs.update(fit_steps=args.fit_steps, refit=True)
+    res = evaluate_checkpoint(ckpt, **kwargs)
+    out = {"natural": res["natural"], which: res["attacked"]}
+    if which == "wolfpack":
+        out["attacker"] = {k: res["attacker"].get(k) for k in ("source", "env_steps", "updates", "seconds", "losses")}
     return out
 
 
@@ -114,39 +111,54 @@ def run_seed(args, seed: int) -> dict:
 
     qmix = train(build_config("QMIX", exp, seed), args.natural_steps, os.path.join(base, "qmix"))
     stage("qmix", qmix)
-    stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack")))
+    for which in ("random", "wolfpack"):
+        stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"), which))
     wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"])
     wall = train(wall_cfg, args.wall_steps, os.path.join(base, "wall"))
     stage("wall", wall)
-    stage("wall", evaluate(wall["checkpoint"], args, seed, os.path.join(base, "wall_attack"), refit=True, own=True))
+    for which in ("wolfpack_own", "wolfpack", "random"):
+        stage("wall", evaluate(wall["checkpoint"], args, seed, os.path.join(base, "wall_attack"), which))
     return partial
 
 
 def success(part: dict, key: str) -> float:
-    return float(part[key]["success_rate"])
+    return float(part[key]["success_rate"]) if key in part else float("nan")
 
 
 def verdict(per_seed: list[dict]) -> dict:
-    m = lambda f: float(np.mean([f(r) for r in per_seed]))  # noqa: E731
-    q_nat = m(lambda r: success(r["qmix"], "natural"))
-    q_rand = m(lambda r: success(r["qmix"], "random"))
-    q_wolf = m(lambda r: success(r["qmix"], "wolfpack"))
-    w_nat = m(lambda r: success(r["wall"], "natural"))
-    w_wolf = m(lambda r: success(r["wall"], "wolfpack"))
-    w_own = m(lambda r: success(r["wall"], "wolfpack_own"))
-    w_rand = m(lambda r: success(r["wall"], "random"))
+    """Means over seeds (NaN where a stage did not run) and the three checks of the expected shape."""
+    def m(model: str, key: str) -> float:
+        vals = [success(r.get(model, {}), key) for r in per_seed]
+        vals = [v for v in vals if v == v]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    q_nat, q_rand, q_wolf = m("qmix", "natural"), m("qmix", "random"), m("qmix", "wolfpack")
+    w_nat, w_wolf, w_own, w_rand = m("wall", "natural"), m("wall", "wolfpack"), m("wall", "wolfpack_own"), m("wall", "random")
     drop_rand, drop_wolf = q_nat - q_rand, q_nat - q_wolf
     recovered = (w_wolf - q_wolf) / drop_wolf if drop_wolf > 0 else float("nan")
     return {
         "qmix_natural": q_nat, "qmix_random": q_rand, "qmix_wolfpack": q_wolf,
         "wall_natural": w_nat, "wall_random": w_rand, "wall_wolfpack": w_wolf, "wall_wolfpack_own_attacker": w_own,
         "random_drop": drop_rand, "wolfpack_drop": drop_wolf,
-        "wolfpack_drop_over_random_drop": drop_wolf / drop_rand if drop_rand > 0 else float("inf"),
+        "wolfpack_drop_over_random_drop": drop_wolf / drop_rand if drop_rand > 0 else float("nan"),
         "wall_recovered_fraction_of_wolfpack_drop": recovered,
-        "shape_wolfpack_drop_ge_2x_random": bool(drop_wolf >= 2 * drop_rand and drop_wolf > 0),
-        "shape_wall_recovers_half": bool(recovered >= 0.5) if recovered == recovered else False,
+        "shape_wolfpack_drop_ge_2x_random": bool(drop_wolf > 0 and drop_wolf >= 2 * drop_rand),
+        "shape_wall_recovers_half": bool(recovered >= 0.5),
         "shape_wall_natural_within_5_points": bool(w_nat >= q_nat - 0.05),
     }
+
+
+def report(per_seed: list[dict], args) -> dict:
+    summary = verdict(per_seed)
+    print(f"\nsuccess rate over {args.episodes} greedy episodes each, budget {args.budget} attacked steps "
+          f"({len(per_seed)} seeds):")
+    for label, key, cols in (("QMIX", "qmix", ("natural", "random", "wolfpack")),
+                             ("WALL", "wall", ("natural", "random", "wolfpack", "wolfpack_own"))):
+        for col in cols:
+            vals = [success(r.get(key, {}), col) for r in per_seed]
+            print(f"  {label:5} {col:13} {np.nanmean(vals) if any(v == v for v in vals) else float('nan'):.3f}"
+                  f"  per seed {vals}")
+    return summary
 
 
 def main() -> None:
@@ -159,7 +171,19 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=8, help="attacked steps per episode, every attack (WALL test: 8)")
     p.add_argument("--episodes", type=int, default=32, help="natural and attacked episodes per evaluation")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--summarize", action="store_true",
+                   help="only read the per-seed stages of an earlier (possibly cut short) run under --out")
     args = p.parse_args()
+
+    if args.summarize:
+        import glob
+
+        parts = []
+        for path in sorted(glob.glob(os.path.join(args.out, "robustness_runs", "seed*", "partial.json"))):
+            with open(path) as f:
+                parts.append(json.load(f))
+        print(json.dumps({"summary": report(parts, args), "per_seed": parts}))
+        return
 
     import ray
 
@@ -169,15 +193,7 @@ def main() -> None:
     remote = ray.remote(num_cpus=1)(run_seed)
     per_seed = ray.get([remote.remote(args, s) for s in range(args.seeds)])
     ray.shutdown()
-    summary = verdict(per_seed)
-    rows = [("QMIX", "qmix", ("natural", "random", "wolfpack")),
-            ("WALL", "wall", ("natural", "random", "wolfpack", "wolfpack_own"))]
-    print(f"\nsuccess rate over {args.episodes} greedy episodes each, budget {args.budget} attacked steps "
-          f"(seeds {args.seeds}):")
-    for label, key, cols in rows:
-        for col in cols:
-            vals = [success(r[key], col) for r in per_seed]
-            print(f"  {label:5} {col:13} {np.mean(vals):.3f}  per seed {vals}")
+    summary = report(per_seed, args)
     out = {"args": vars(args), "summary": summary, "per_seed": per_seed, "wall_s": round(time.perf_counter() - t0, 1)}
     path = os.path.join(args.out, "robustness_predator_prey.json")
     with open(path, "w") as f:
