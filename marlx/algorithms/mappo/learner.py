@@ -96,6 +96,11 @@ class MAPPOLearner(TorchLearner):
             b = b * m
             self.metrics.log_value((module_id, f"intrinsic/{component.name}_mean"),
                                    (b.sum() / m.sum().clamp(min=1)).item(), window=1)
+            self.metrics.log_value((module_id, f"intrinsic/{component.name}_max"), b.max().item(), window=1)
+            if b.dim() == 3:  # per agent: mean of each agent's bonus
+                per_agent = b.sum((0, 1)) / m.sum((0, 1)).clamp(min=1)
+                for i, value in enumerate(per_agent.tolist()):
+                    self.metrics.log_value((module_id, f"intrinsic/{component.name}_mean_agent{i}"), value, window=1)
             parts.append(b)
         if not parts:
             return None

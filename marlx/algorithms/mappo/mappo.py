@@ -249,7 +249,8 @@ def fragments_to_batch(episodes: list) -> dict[str, np.ndarray]:
 
     Returns observation leaves ``[B, T+1, ...]`` (entry ``len`` of a row is its bootstrap / final observation),
     ``actions``, ``action_logp`` ``[B, T, n]``, ``rewards``/``terminateds``/``truncateds``/``mask`` ``[B, T]``
-    and ``h_pi_in [B, T, n, H]`` (the actor's hidden state before each step).
+    and ``h_pi_in [B, T, n, H]`` (the actor's hidden state before each step). Every other per-step extra that all
+    fragments carry (e.g. ``fox_visit_next`` written by ``fox_count``'s ``observe``) comes as ``[B, T, ...]``.
     """
     B = len(episodes)
     T = max(len(e) for e in episodes)
@@ -265,6 +266,11 @@ def fragments_to_batch(episodes: list) -> dict[str, np.ndarray]:
     out[H_IN] = np.zeros((B, T, *h.shape), np.float32)
     for key in (Columns.REWARDS, Columns.TERMINATEDS, TRUNCATEDS, MASK):
         out[key] = np.zeros((B, T), np.float32)
+    extra = [k for k in first.extras if k != ACTION_LOGP and not k.startswith(STATE_OUT_PREFIX)
+             and all(k in e.extras for e in episodes)]
+    for k in extra:
+        v = np.asarray(first.extras[k])
+        out[k] = np.zeros((B, T, *v.shape[1:]), np.float32 if v.dtype.kind in "fb" else v.dtype)
     for i, e in enumerate(episodes):
         length = len(e)
         for k, v in e.obs.items():
@@ -275,6 +281,8 @@ def fragments_to_batch(episodes: list) -> dict[str, np.ndarray]:
         if length > 1:
             out[H_IN][i, 1:length] = e.extras[STATE_OUT_PREFIX + H_PI][: length - 1]
         out[Columns.REWARDS][i, :length] = e.rewards
+        for k in extra:
+            out[k][i, :length] = e.extras[k]
         out[MASK][i, :length] = 1.0
         out[Columns.TERMINATEDS][i, length - 1] = float(e.is_terminated)
         out[TRUNCATEDS][i, length - 1] = float(e.is_truncated and not e.is_terminated)
