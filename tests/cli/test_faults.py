@@ -49,7 +49,7 @@ def _train_until_signal(f, sig, after_iteration):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_writes_a_checkpoint_and_resume_continues_from_it(tmp_path, sig):
     runs = tmp_path / "runs"
     f = tmp_path / "exp.yaml"
