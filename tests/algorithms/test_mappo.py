@@ -163,3 +163,23 @@ def test_smax_3m_one_iteration_and_checkpoint_round_trip(ray_session, tmp_path):
         assert all(torch.equal(state[k], v) for k, v in weights.items())
     finally:
         restored.stop()
+
+
+def test_grf_3v1_two_iterations(ray_session):
+    pytest.importorskip("gfootball")
+    cfg = (MAPPOConfig()
+           .environment("grf/academy_3_vs_1_with_keeper",
+                        env_config={"reward": "scoring,checkpoints", "representation": "simple115v2", "n_agents": 3})
+           .env_runners(num_envs_per_env_runner=2)
+           .training(train_batch_size_per_learner=200, num_epochs=2, num_mini_batch=2, hidden_size=16)
+           .debugging(seed=0))
+    algo = cfg.build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        module = algo.learner_group._learner.module["default_policy"]
+        assert (module.n_agents, module.obs_dim, module.n_actions) == (3, 115, 19)
+        assert result["num_env_steps_sampled_lifetime"] == 400
+        assert np.isfinite(result["learners"]["default_policy"]["vf_loss"])
+    finally:
+        algo.stop()
