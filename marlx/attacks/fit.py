@@ -39,7 +39,8 @@ BATCH_EPISODES = 32
 BUFFER_EPISODES = 5000
 #: attacked steps per fitting episode: WALL's training budget ``num_attack_train`` (QMIX 12; VDN preset 16)
 TRAIN_BUDGETS = {"qmix": 12, "vdn": 16}
-#: the transformer sizes (``wall_qmix.yaml:42-46``; :data:`marlx.algorithms.wall.module.WALL_MODEL_DEFAULTS`)
+#: the file of a fitted attacker inside ``marlx attack``'s folder (the transformer sizes are WALL's,
+#: ``wall_qmix.yaml:42-46``, :data:`marlx.algorithms.wall.module.WALL_MODEL_DEFAULTS`)
 ATTACKER_FILE = "wolfpack_attacker.pt"
 FORMAT_VERSION = 1
 
