@@ -148,3 +148,58 @@ def build_intrinsic(spec: dict | None, observation_space, action_space, model_co
         cls.check_options(options)
         out.append(cls(options, observation_space, action_space, model_config, where))
     return out
+
+
+#: key of the driver-side components' states in an algorithm checkpoint
+INTRINSIC_STATE_KEY = "marlx_intrinsic"
+
+
+class IntrinsicAlgorithmMixin:
+    """The driver side of the intrinsic-reward components for a team ``Algorithm`` (QMIX, MAPPO and the methods
+    built on them): :meth:`setup_intrinsic` builds them from the env runners' spaces (``observe`` / ``annotate``
+    run in the algorithm's ``training_step``), and their states travel in the algorithm's checkpoints.
+    Put it before ``Algorithm`` in the bases."""
+
+    intrinsic: list = []
+
+    def setup_intrinsic(self, config) -> None:
+        spaces = self.env_runner_group.get_spaces() if self.env_runner_group else {}
+        obs_space, act_space = spaces.get("default_policy", (None, None))
+        self.intrinsic = build_intrinsic(config.intrinsic_spec(), obs_space, act_space, config.model_config, "driver")
+
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if self.intrinsic:
+            state[INTRINSIC_STATE_KEY] = [c.get_state() for c in self.intrinsic]
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for component, part in zip(self.intrinsic, state.get(INTRINSIC_STATE_KEY, [])):
+            component.set_state(part)
+
+
+class IntrinsicLearnerMixin:
+    """The learner side for a team ``TorchLearner``: :meth:`build_intrinsic_components` in ``build`` (per module,
+    on the module's device), ``self._intrinsic_inputs[module_id] = (batch, fwd_out)`` when the bonus is computed,
+    and :meth:`update_intrinsic_components` after the gradient step (each component's own update, its metrics
+    logged as ``intrinsic/<name>/<key>``)."""
+
+    def build_intrinsic_components(self) -> None:
+        self.intrinsic = {}
+        for module_id, module in self.module.items():
+            module = module.unwrapped()
+            self.intrinsic[module_id] = [
+                c.to(next(module.parameters()).device)
+                for c in build_intrinsic(self.config.intrinsic_spec(), module.observation_space,
+                                         module.action_space, module.model_config, "learner")
+            ]
+        self._intrinsic_inputs: dict = {}
+
+    def update_intrinsic_components(self) -> None:
+        for module_id, (batch, fwd_out) in self._intrinsic_inputs.items():
+            module = self.module[module_id].unwrapped()
+            for component in self.intrinsic.get(module_id, []):
+                for name, value in (component.update(batch, fwd_out, module) or {}).items():
+                    self.metrics.log_value((module_id, f"intrinsic/{component.name}/{name}"), value, window=1)
+        self._intrinsic_inputs = {}

@@ -28,7 +28,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 from marlx.algorithms.mappo.losses import gae, masked_mean, normalize_advantages, policy_loss, value_loss
-from marlx.intrinsic.base import build_intrinsic
+from marlx.intrinsic.base import IntrinsicLearnerMixin
 from marlx.modules.mappo_module import H_PI, LOGITS, VALUES, alive_mask, entropy_of
 from marlx.runtime.columns import ACTION_LOGP, MASK
 
@@ -47,20 +47,12 @@ def cut_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.reshape(B * c, length, *x.shape[2:])
 
 
-class MAPPOLearner(TorchLearner):
+class MAPPOLearner(IntrinsicLearnerMixin, TorchLearner):
     """PPO with per-agent ratios, a (centralised) critic, value normalisation and chunked recurrence."""
 
     def build(self) -> None:
         super().build()
-        self.intrinsic = {}
-        for module_id, module in self.module.items():
-            module = module.unwrapped()
-            self.intrinsic[module_id] = [
-                c.to(next(module.parameters()).device)
-                for c in build_intrinsic(self.config.intrinsic_spec(), module.observation_space,
-                                         module.action_space, module.model_config, "learner")
-            ]
-        self._intrinsic_inputs: dict = {}
+        self.build_intrinsic_components()
         self._rng = torch.Generator().manual_seed(int(self.config.seed or 0))
 
     # -- optimisers ---------------------------------------------------------------------------
@@ -208,12 +200,7 @@ class MAPPOLearner(TorchLearner):
 
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
-        for module_id, (batch, fwd_out) in self._intrinsic_inputs.items():
-            module = self.module[module_id].unwrapped()
-            for component in self.intrinsic.get(module_id, []):
-                for name, value in (component.update(batch, fwd_out, module) or {}).items():
-                    self.metrics.log_value((module_id, f"intrinsic/{component.name}/{name}"), value, window=1)
-        self._intrinsic_inputs = {}
+        self.update_intrinsic_components()
 
     # -- checkpointing ------------------------------------------------------------------------
     def get_state(self, *args, **kwargs):

@@ -44,12 +44,11 @@ from ray.rllib.utils.metrics import (
 from marlx._rllib import parallel_sample
 from marlx.algorithms.mappo.learner import H_IN, TRUNCATEDS, MAPPOLearner
 from marlx.callbacks import TeamMetricsCallback
-from marlx.intrinsic.base import build_intrinsic
+from marlx.intrinsic.base import IntrinsicAlgorithmMixin
 from marlx.modules.mappo_module import CRITIC_INPUTS, H_PI, MODEL_DEFAULTS, MAPPOTeamModule
 from marlx.runtime.columns import ACTION_LOGP, MASK, STATE_OUT_PREFIX
 from marlx.runtime.config import TeamRuntimeConfig
 
-INTRINSIC_STATE_KEY = "marlx_intrinsic"
 _MODEL_KEYS = ("hidden_size", "layer_N", "obs_agent_id", "critic_input", "death_mask", "use_valuenorm", "gain")
 ADV_NORMS = ("active", "all", "none")
 VALUENORM_UPDATES = ("minibatch", "iteration")
@@ -289,7 +288,7 @@ def fragments_to_batch(episodes: list) -> dict[str, np.ndarray]:
     return out
 
 
-class MAPPO(Algorithm):
+class MAPPO(IntrinsicAlgorithmMixin, Algorithm):
     """MAPPO (Yu et al. 2022): shared recurrent actor, centralised critic, per-agent PPO on a team env."""
 
     marlx_team_algorithm = True
@@ -300,10 +299,7 @@ class MAPPO(Algorithm):
 
     def setup(self, config: MAPPOConfig) -> None:
         super().setup(config)
-        spaces = self.env_runner_group.get_spaces() if self.env_runner_group else {}
-        obs_space, act_space = spaces.get("default_policy", (None, None))
-        #: driver-side parts of the configured intrinsic-reward components (observe / annotate)
-        self.intrinsic = build_intrinsic(config.intrinsic_spec(), obs_space, act_space, config.model_config, "driver")
+        self.setup_intrinsic(config)  # driver-side parts of the intrinsic components (observe / annotate)
 
     def training_step(self) -> None:
         cfg: MAPPOConfig = self.config
@@ -335,18 +331,6 @@ class MAPPO(Algorithm):
             self.metrics.aggregate(out, key=LEARNER_RESULTS)
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
-
-    def get_state(self, *args, **kwargs):
-        state = super().get_state(*args, **kwargs)
-        if getattr(self, "intrinsic", None):
-            state[INTRINSIC_STATE_KEY] = [c.get_state() for c in self.intrinsic]
-        return state
-
-    def set_state(self, state) -> None:
-        super().set_state(state)
-        for component, part in zip(getattr(self, "intrinsic", []), state.get(INTRINSIC_STATE_KEY, [])):
-            component.set_state(part)
-
 
 class IPPO(MAPPO):
     """IPPO (de Witt et al. 2020): MAPPO's learner with a decentralised critic ``V(obs_i, id)``."""

@@ -31,7 +31,7 @@ from ray.rllib.core.learner.utils import update_target_network
 
 from marlx.runtime.columns import MASK
 from marlx.algorithms.qmix.targets import _next_mask, compute_targets
-from marlx.intrinsic.base import build_intrinsic
+from marlx.intrinsic.base import IntrinsicLearnerMixin
 from marlx.modules.qmix_module import Q_VALUES, TARGET_Q_VALUES
 
 #: Key of the lifetime episode count in the ``timesteps`` dict the algorithm passes to ``update``.
@@ -69,21 +69,13 @@ class RunningMeanStd:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
 
 
-class QMIXLearner(TorchLearner):
+class QMIXLearner(IntrinsicLearnerMixin, TorchLearner):
     """TD learning of a value-decomposition module (``QMIXRLModule``)."""
 
     def build(self) -> None:
         super().build()
         self._last_target_update_episode = 0
-        self.intrinsic = {}
-        for module_id, module in self.module.items():
-            module = module.unwrapped()
-            self.intrinsic[module_id] = [
-                c.to(next(module.parameters()).device)
-                for c in build_intrinsic(self.config.intrinsic_spec(), module.observation_space,
-                                         module.action_space, module.model_config, "learner")
-            ]
-        self._intrinsic_inputs: dict = {}
+        self.build_intrinsic_components()
         #: running reward statistics per module (``standardise_rewards``)
         self.reward_stats = {module_id: RunningMeanStd() for module_id in self.module.keys()}
 
@@ -186,12 +178,7 @@ class QMIXLearner(TorchLearner):
     # -- target networks ----------------------------------------------------------------------
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
-        for module_id, (batch, fwd_out) in self._intrinsic_inputs.items():
-            module = self.module[module_id].unwrapped()
-            for component in self.intrinsic.get(module_id, []):
-                for name, value in (component.update(batch, fwd_out, module) or {}).items():
-                    self.metrics.log_value((module_id, f"intrinsic/{component.name}/{name}"), value, window=1)
-        self._intrinsic_inputs = {}
+        self.update_intrinsic_components()
         cfg = self.config
         episodes = int(timesteps.get(NUM_EPISODES_SAMPLED_LIFETIME, 0) or 0)
         for module_id, module in self.module.items():

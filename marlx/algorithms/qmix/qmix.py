@@ -39,7 +39,7 @@ from marlx._rllib import parallel_sample
 from marlx.algorithms.qmix.learner import NUM_EPISODES_SAMPLED_LIFETIME, QMIXLearner
 from marlx.callbacks import TeamMetricsCallback
 from marlx.errors import UnknownNameError
-from marlx.intrinsic.base import build_intrinsic
+from marlx.intrinsic.base import IntrinsicAlgorithmMixin
 from marlx.modules.mixers import MIXERS
 from marlx.modules.qmix_module import MODEL_DEFAULTS, QMIXRLModule, linear_epsilon
 from marlx.runtime.columns import MASK
@@ -47,7 +47,6 @@ from marlx.runtime.config import TeamRuntimeConfig
 from marlx.runtime.replay import TeamEpisodeReplay
 
 REPLAY_STATE_KEY = "marlx_replay"
-INTRINSIC_STATE_KEY = "marlx_intrinsic"
 #: Config attributes that travel to the module's model_config (their defaults: ``MODEL_DEFAULTS``).
 _MODEL_KEYS = tuple(k for k in MODEL_DEFAULTS if k != "mixer_on_runners")
 
@@ -343,7 +342,7 @@ class VDNConfig(QMIXConfig):
         self.mixer = "vdn"
 
 
-class QMIX(Algorithm):
+class QMIX(IntrinsicAlgorithmMixin, Algorithm):
     """QMIX (Rashid et al. 2018) on a marlx team env; VDN when ``mixer="vdn"``."""
 
     marlx_team_algorithm = True
@@ -355,10 +354,7 @@ class QMIX(Algorithm):
     def setup(self, config: QMIXConfig) -> None:
         super().setup(config)
         self.replay = self.make_replay(config)
-        spaces = self.env_runner_group.get_spaces() if self.env_runner_group else {}
-        obs_space, act_space = spaces.get("default_policy", (None, None))
-        #: driver-side parts of the configured intrinsic-reward components (observe / annotate)
-        self.intrinsic = build_intrinsic(config.intrinsic_spec(), obs_space, act_space, config.model_config, "driver")
+        self.setup_intrinsic(config)  # driver-side parts of the intrinsic components (observe / annotate)
 
     def make_replay(self, config: QMIXConfig) -> TeamEpisodeReplay:
         """The episode replay (a subclass may store more columns or count what it stores)."""
@@ -408,16 +404,12 @@ class QMIX(Algorithm):
         state = super().get_state(*args, **kwargs)
         if getattr(self, "replay", None) is not None:
             state[REPLAY_STATE_KEY] = self.replay.get_state(include_data=self.config.store_buffer_in_checkpoints)
-        if getattr(self, "intrinsic", None):
-            state[INTRINSIC_STATE_KEY] = [c.get_state() for c in self.intrinsic]
         return state
 
     def set_state(self, state) -> None:
         super().set_state(state)
         if REPLAY_STATE_KEY in state:
             self.replay.set_state(state[REPLAY_STATE_KEY])
-        for component, part in zip(getattr(self, "intrinsic", []), state.get(INTRINSIC_STATE_KEY, [])):
-            component.set_state(part)
         # Ray 2.60's Algorithm.set_state syncs env runner step counts before it restores the metrics;
         # sync again so that the epsilon schedule continues where it stopped.
         self.env_runner_group.sync_env_runner_states(
