@@ -110,6 +110,7 @@ def test_bad_env_sources_are_one_line(tmp_path, capsys, monkeypatch):
 def test_users_env_and_lbf_train_from_yaml_on_remote_env_runners(tmp_path):
     """One `marlx train` file: a user-registered env and an LBF gymnasium id, both sampled by a remote env runner
     (which imports the user's module itself), and a TeamEnv class by import path on the local runner."""
+    pytest.importorskip("lbforaging")  # the lbf extra (CI installs it; the README's quick start does not)
     user_dir = write_user_module(tmp_path, "user_envs_d")
     runs = tmp_path / "runs"
     one = {"stop": {"training_iteration": 1}, "checkpoint_config": {"checkpoint_at_end": False}}
