@@ -13,6 +13,8 @@ from marlx.algorithms.qmix import QMIXConfig
 from marlx.attacks.fit import ATTACKER_FILE
 from marlx.cli import marlx_cmd, rllib_cmd
 
+from cli_helpers import error_of as cli_error_of
+
 TINY = {"size": 4, "box_start_row": 1, "episode_limit": 12}
 # 12-step episodes on 2 envs: >= 35 episodes, attacker updates once the replay holds 32
 FIT = ["--fit-steps", "420"]
@@ -106,11 +108,7 @@ def test_random_attack_table(qmix_checkpoint, tmp_path, capsys):
 
 
 def error_of(argv, capsys, main=marlx_cmd.main):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
+    return cli_error_of(main, argv, capsys)
 
 
 def test_bad_input(qmix_checkpoint, ppo_checkpoint, capsys):

@@ -12,13 +12,7 @@ from marlx.cli.evaluate import CHECKSUMS_FILE, check_checkpoint_files, write_che
 from marlx.cli.experiment import check_value_type, parse_experiments
 from marlx.errors import MarlxError, NotACheckpointError
 
-
-def error_of(main, argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
+from cli_helpers import error_of
 
 
 def write_yaml(tmp_path, config, run="QMIX"):

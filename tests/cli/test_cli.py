@@ -14,6 +14,8 @@ import yaml
 
 from marlx.cli import marlx_cmd, rllib_cmd
 
+from cli_helpers import error_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 
@@ -39,14 +41,6 @@ def run_cli(*args, timeout=400):
 
 
 # -- bad input: one line, exit 2, no traceback -------------------------------------------------------
-
-def error_of(main, argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
-
 
 def test_unknown_algorithm_lists_valid_names(tmp_path, capsys):
     f = write_yaml(tmp_path, {"run": "QMXI", "env": "builtin/push_box"})

@@ -11,6 +11,8 @@ from marlx.algorithms.qmix import QMIXConfig
 from marlx.algorithms.wall import WALLConfig
 from marlx.cli import marlx_cmd, rllib_cmd
 
+from cli_helpers import error_of
+
 TINY = {"size": 4, "box_start_row": 1, "episode_limit": 12}
 
 
@@ -65,14 +67,6 @@ def test_random_attack_table(checkpoints, capsys):
     out = capsys.readouterr().out
     assert "attack random (budget 2 steps)" in out and "natural" in out and "attacked" in out
     assert "hits per agent" in out
-
-
-def error_of(main, argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_bad_attack_input(checkpoints, capsys):

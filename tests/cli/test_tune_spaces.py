@@ -15,6 +15,8 @@ from marlx.cli.tune import check_spec, group_rows, scoped_metric, sort_rows, wri
 from marlx.cli.tune_metrics import carry_forward
 from marlx.errors import ConfigKeyError, MarlxError, MissingDependencyError
 
+from cli_helpers import error_of
+
 TINY = {"env_config": {"size": 4, "box_start_row": 1, "episode_limit": 20}, "num_env_runners": 0,
         "train_batch_size": 200, "minibatch_size": 100, "num_epochs": 1}
 
@@ -30,14 +32,6 @@ def exp_of(config, tune=None, run="PPO", **block):
         b["tune"] = tune
     (exp,) = parse_experiments({"e": b})
     return exp
-
-
-def error_of(main, argv, capsys):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def write_yaml(tmp_path, block):
