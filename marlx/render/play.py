@@ -206,13 +206,12 @@ class CheckpointPlayer:
                 rec.frames.append(add_caption(frame(self.team), [f"{head} | step 0", "return 0.00"]))
             while True:
                 attacked = None
-                if attacker is not None:
+                if self.team_algorithm:  # an attack needs a team module (make_attack checks it)
                     actions, next_state, batch, out = team_forward(self.module, team_obs, state_in,
                                                                    self.team.n_agents, with_outputs=True)
-                    actions, attacked = self._attack_hook(attacker, rec.length, batch, out, actions)
+                    if attacker is not None:
+                        actions, attacked = self._attack_hook(attacker, rec.length, batch, out, actions)
                     state_in = next_state
-                elif self.team_algorithm:
-                    actions, state_in = team_forward(self.module, team_obs, state_in, self.team.n_agents)
                 else:
                     actions = self._agent_actions(agent_obs)
                 if action_hook is not None:
