@@ -189,20 +189,27 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
 
 
 def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max_env_steps: int | None,
-            threshold: float, out: str, example: str | None = None, formation_round: int | None = 1,
-            max_wall_s: float | None = None, num_cpus: int | None = None) -> dict:
-    """Run the tuned examples of ``algos`` on one task (``env_config`` replaces the examples' when given) for
-    ``seeds`` seeds side by side as Ray tasks; write the CSV and PNG under ``out`` and return the per-algorithm
+            threshold: float, out: str, example: str | list[str] | None = None, formation_round: int | None = 1,
+            max_wall_s: float | None = None, num_cpus: int | None = None,
+            overrides: dict[str, dict] | None = None) -> dict:
+    """Run the tuned examples of ``algos`` (``example``: one file, or one per algorithm in order; default
+    ``tuned_examples/<algo>/<env>.yaml``) on one task (``env_config`` replaces the examples' when given) for
+    ``seeds`` seeds side by side as Ray tasks (``overrides``: algorithm -> config keys that replace that example's,
+    e.g. a local env runner inside a benchmark task); write the CSV and PNG under ``out`` and return the per-algorithm
     summaries with the random-play baseline measured on the same task."""
     import ray
 
     import marlx.envs.registry  # noqa: F401
 
+    examples = [example] if isinstance(example, str) else list(example or [])
+    if examples and len(examples) != len(algos):
+        raise ValueError(f"{len(examples)} example file(s) for {len(algos)} algorithms: give one per algorithm")
     exps = {}
-    for algo in algos:
-        path = example or default_example(algo, env)
+    for i, algo in enumerate(algos):
+        path = examples[i] if examples else default_example(algo, env)
         _, exp = load_example(path)
         exp.setdefault("env", env)
+        exp["config"].update((overrides or {}).get(algo, {}))
         if env_config is not None:
             exp["config"]["env_config"] = dict(env_config)
         exps[algo] = (path, exp)
@@ -241,8 +248,12 @@ def main() -> None:
                    "they run on the same task and seeds, side by side")
     p.add_argument("--env", default="builtin/push_box")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--example", default=None, help="tuned-example YAML (default tuned_examples/<algo>/<env>.yaml)")
+    p.add_argument("--example", default=None, help="tuned-example YAML, or comma-separated files, one per --algo in "
+                   "the same order (default tuned_examples/<algo>/<env>.yaml)")
     p.add_argument("--env-config", default=None, help="JSON env_config that replaces the examples' (same task for all)")
+    p.add_argument("--override", action="append", default=[], metavar="ALGO=JSON",
+                   help="config keys that replace one contestant's example values, e.g. "
+                   "'qmix={\"num_env_runners\": 0}' (repeatable; say in BENCHMARKS.md what was overridden)")
     p.add_argument("--max-env-steps", type=int, default=None, help="override the file's env-step budget")
     p.add_argument("--threshold", type=float, default=0.5, help="success rate whose first env step is reported")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
@@ -257,12 +268,23 @@ def main() -> None:
         args.formation_round = None
 
     algos = [a.strip() for a in args.algo.split(",") if a.strip()]
-    if args.example and len(algos) > 1:
-        p.error("--example names one file: use it with one --algo")
+    examples = [e.strip() for e in args.example.split(",")] if args.example else None
+    if examples and len(examples) != len(algos):
+        p.error(f"--example names {len(examples)} file(s) for {len(algos)} algorithms: give one per --algo, in order")
+    overrides = {}
+    for item in args.override:
+        algo, sep, text = item.partition("=")
+        if not sep or algo.strip() not in algos:
+            p.error(f"--override {item!r}: write ALGO=JSON with ALGO one of {algos}")
+        try:
+            overrides[algo.strip()] = json.loads(text)
+        except json.JSONDecodeError as e:
+            p.error(f"--override {item!r}: the JSON does not parse ({e})")
     try:
         run = compare(algos, args.env, json.loads(args.env_config) if args.env_config else None, args.seeds,
-                      args.max_env_steps, args.threshold, args.out, example=args.example,
-                      formation_round=args.formation_round, max_wall_s=args.max_wall_s, num_cpus=args.num_cpus)
+                      args.max_env_steps, args.threshold, args.out, example=examples,
+                      formation_round=args.formation_round, max_wall_s=args.max_wall_s, num_cpus=args.num_cpus,
+                      overrides=overrides)
     except ValueError as e:
         p.error(str(e))
     summary, first, env_config, exps = run["summary"], run["first"], run["env_config"], run["exps"]
@@ -278,7 +300,7 @@ def main() -> None:
     print(f"random play: success {rand_rate:.3f}, return {rand_return:.3f}")
     result = {"bench": "learning", "algos": algos, "env": first["env"], "env_config": env_config, "seeds": args.seeds,
               "threshold": args.threshold, "random_success": rand_rate, "random_return": rand_return,
-              "examples": {a: os.path.relpath(path, ROOT) for a, (path, _) in exps.items()},
+              "examples": {a: os.path.relpath(path, ROOT) for a, (path, _) in exps.items()}, "overrides": overrides,
               "csv": os.path.join(os.path.relpath(args.out, ROOT), stem + ".csv")}
     if len(algos) == 1:
         result.update(algo=algos[0], **summary[algos[0]])
