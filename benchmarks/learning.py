@@ -161,7 +161,7 @@ def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate
                 per_seed.append(tuple(zip(*pts)))
         curves[f"{algo}: greedy {metric}"] = per_seed
     plot_curves(curves, path, xlabel="env steps", ylabel="success rate" if metric == "success" else "return",
-                title=title, hlines={"random play": random_rate}, ylim=ylim)
+                title=title, hlines={"random play": random_rate} if random_rate == random_rate else None, ylim=ylim)
 
 
 def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
@@ -242,6 +242,21 @@ def compare(algos: list[str], env: str, env_config: dict | None, seeds: int, max
             "random_success": rand_rate, "random_return": rand_return}
 
 
+def replot(path: str, random_rate: float = float("nan"), random_return: float = float("nan")) -> None:
+    """Redraw the success and return PNGs of a CSV this script wrote (random play is not in the CSV: pass it to
+    draw it)."""
+    rows_by_algo: dict[str, list[dict]] = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            row = {k: (v if k == "algo" else float(v) if v not in ("", "nan") else float("nan")) for k, v in r.items()}
+            rows_by_algo.setdefault(r["algo"], []).append(row)
+    stem = path[:-len(".csv")]
+    title = f"{' vs '.join(rows_by_algo)} ({os.path.basename(stem)})"
+    plot(rows_by_algo, stem + ".png", title, random_rate)
+    plot(rows_by_algo, stem + "_return.png", title, random_return, metric="return", ylim=None)
+    print(f"wrote {stem}.png and {stem}_return.png")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algo", default="qmix", help="one algorithm or several, comma-separated (e.g. fox,qmix): "
@@ -261,9 +276,17 @@ def main() -> None:
                    help="decimals of the formation keys counted in the formations column (FoX's push_box example: 1)")
     p.add_argument("--max-wall-s", type=float, default=None,
                    help="also stop each seed after this many seconds (it then reports the env steps it reached)")
+    p.add_argument("--replot", default=None, metavar="CSV",
+                   help="only redraw the PNGs of an earlier run's CSV (written next to it) and exit; "
+                   "--replot-random SUCCESS,RETURN draws random play's levels")
+    p.add_argument("--replot-random", default=None, metavar="SUCCESS,RETURN")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs Ray may use (default max(2, seeds)); algorithms x seeds of them run every trial at once")
     args = p.parse_args()
+    if args.replot:
+        rand = [float(x) for x in args.replot_random.split(",")] if args.replot_random else []
+        replot(args.replot, *rand)
+        return
     if args.formation_round < 0:  # no formation count
         args.formation_round = None
 

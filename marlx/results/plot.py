@@ -24,9 +24,22 @@ def seed_grid(curves: list[Curve], points: int = GRID_POINTS) -> tuple[np.ndarra
     return grid, values
 
 
+def seed_mean(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``values [seeds, points]`` (from :func:`seed_grid`) -> mean and 95% bootstrap band, NaN at every point where
+    some seed has no value (a mean of fewer seeds than the legend states is not drawn)."""
+    mean, low, high = bootstrap_band(values)
+    incomplete = np.isnan(values).any(axis=0)
+    mean[incomplete] = low[incomplete] = high[incomplete] = np.nan
+    return mean, low, high
+
+
 def plot_curves(curves_by_label: dict[str, list[Curve]], path: str, xlabel: str, ylabel: str,
                 title: str | None = None, hlines: dict[str, float] | None = None, ylim=None) -> str:
     """One line per label (mean over its seeds) with the 95% bootstrap interval of that mean as a band.
+
+    The line and band are drawn only where every seed of the label has a value (interpolated between its points),
+    so that each point is the mean of all the seeds the legend counts: seeds whose last evaluations fall at
+    slightly different env steps do not end the line on one seed's value.
 
     Args:
         curves_by_label: label -> one ``(xs, ys)`` per seed.
@@ -44,7 +57,7 @@ def plot_curves(curves_by_label: dict[str, list[Curve]], path: str, xlabel: str,
             grid, values = seed_grid(curves)
             if not grid.size:
                 continue
-            mean, low, high = bootstrap_band(values)
+            mean, low, high = seed_mean(values)
             n = values.shape[0]
             (line,) = ax.plot(grid, mean, label=f"{label} (mean of {n} seed{'s' if n != 1 else ''})")
             if n > 1:

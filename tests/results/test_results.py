@@ -14,6 +14,7 @@ import yaml
 from marlx.cli import marlx_cmd
 from marlx.results.report import report_runs
 from marlx.results.runs import find_trials, group_trials
+from marlx.results.plot import seed_grid, seed_mean
 from marlx.results.stats import bootstrap_band, bootstrap_ci, iqm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,6 +53,16 @@ def test_estimators_on_hand_examples():
     assert (lo, hi) == (0.0, 1.0)
     mean, lo, hi = bootstrap_band(np.array([[0.0, 1.0, np.nan], [1.0, 1.0, 0.5]]))
     assert np.allclose(mean, [0.5, 1.0, 0.5]) and lo[1] == hi[1] == 1.0 and lo[0] == 0.0 and hi[0] == 1.0
+
+
+def test_plotted_mean_only_where_every_seed_has_a_value():
+    # seed 0 evaluated last at 100 steps, seed 1 at 90: past 90 the "mean of 2 seeds" would be seed 0 alone
+    grid, values = seed_grid([([0, 50, 100], [0.0, 0.0, 1.0]), ([0, 45, 90], [0.0, 0.2, 0.2])], points=11)
+    mean, lo, hi = seed_mean(values)
+    assert np.allclose(grid, np.arange(0, 101, 10))
+    assert np.isnan(mean[10]) and np.isnan(lo[10]) and np.isnan(hi[10])  # x = 100: only seed 0
+    assert mean[9] == pytest.approx((0.8 + 0.2) / 2)  # x = 90: seed 0 interpolated (0.8), seed 1's last (0.2)
+    assert not np.isnan(mean[:10]).any()
 
 
 def test_trials_grouped_by_experiment_and_seed(runs):
