@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.func import functional_call
+from torch.nn import functional as F
 
 #: Adam's epsilon (PyTorch default), the only Adam constant a single step depends on
 ADAM_EPS = 1e-8
@@ -83,7 +84,87 @@ def kl_followup(
         states: ``[B, S]``; ``actions``: the intended joint action ``[B, n]``; ``attack_actions``: ``[B, n]``.
         initial: the initial agent per row ``[B]``.
         lr: the Adam learning rate (WALL: the RL ``lr`` 5e-4).
+
+    marlx's own agents (:class:`~marlx.modules.agent.RNNAgent`, :class:`~marlx.modules.agent.MLPAgent`) take all
+    rows in one pass: each row gets its own copy of the weights (``[B, ...]``, batched matrix products), one forward
+    and one backward give every row's gradient (row b's loss reaches only row b's copy); the mixer runs row by row
+    as in :func:`kl_followup_rows`. The ops are those of the row-by-row computation (on this CPU build the scores are
+    bitwise equal, ``tests/attacks/test_fast_paths.py``); other agent networks are copied and stepped row by row.
     """
+    forward = batched_agent_forward(agent)
+    if forward is None:
+        return kl_followup_rows(agent, inputs, hidden, mix, states, actions, attack_actions, initial, lr, eps)
+    b, n, _ = inputs.shape
+    rows = torch.arange(b, device=inputs.device)
+    init = initial.long().to(inputs.device)
+    a = actions.long()
+    a_attacked = a.clone()
+    a_attacked[rows, init] = attack_actions.long()[rows, init]
+    with torch.enable_grad():
+        # one leaf copy of the weights per row
+        params = {k: v.detach().unsqueeze(0).expand(b, *v.shape).clone().requires_grad_(True)
+                  for k, v in agent.named_parameters()}
+        q = forward(params, inputs, hidden)  # [B, n, A]
+        chosen = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        chosen_attacked = q.gather(-1, a_attacked.unsqueeze(-1)).squeeze(-1)
+        loss = 0.0
+        for row in range(b):  # the mixer row by row, as one copy sees it (a batched mixer rounds differently)
+            s = states[row].view(1, -1)
+            normal = mix(chosen[row].view(1, n), s).detach()
+            loss = loss + ((mix(chosen_attacked[row].view(1, n), s) - normal) ** 2).mean()
+        # the sum of the rows' losses: row b's reaches only row b's copy of the weights
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    grads = {k: torch.zeros_like(params[k]) if g is None else g for k, g in zip(names, grads)}
+    with torch.no_grad():
+        updated = one_step_adam({k: p.detach() for k, p in params.items()}, grads, lr, eps)
+        return kl_scores(q.detach(), forward(updated, inputs, hidden))
+
+
+def batched_agent_forward(agent: torch.nn.Module) -> Callable | None:
+    """``forward(params {name: [B, ...]}, x [B, n, in], h [B, n, H]) -> q [B, n, A]`` with row b's own weights, for
+    marlx's :class:`~marlx.modules.agent.RNNAgent` (``GRUCell`` as PyTorch defines it) and
+    :class:`~marlx.modules.agent.MLPAgent`; ``None`` for any other network."""
+    from marlx.modules.agent import MLPAgent, RNNAgent
+
+    def linear(params, name, x):  # x [B, n, in] with per-row weight [B, out, in] and bias [B, out]
+        return torch.baddbmm(params[name + ".bias"].unsqueeze(1), x, params[name + ".weight"].transpose(1, 2))
+
+    names = {k for k, _ in agent.named_parameters()}
+    if type(agent) is RNNAgent and names == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "rnn.weight_ih",
+                                             "rnn.weight_hh", "rnn.bias_ih", "rnn.bias_hh"}:
+        def rnn_forward(params, x, h):
+            y = F.relu(linear(params, "fc1", x))
+            gi = torch.baddbmm(params["rnn.bias_ih"].unsqueeze(1), y, params["rnn.weight_ih"].transpose(1, 2))
+            gh = torch.baddbmm(params["rnn.bias_hh"].unsqueeze(1), h, params["rnn.weight_hh"].transpose(1, 2))
+            i_r, i_z, i_n = gi.chunk(3, -1)
+            h_r, h_z, h_n = gh.chunk(3, -1)
+            # ATen's GRUCell on CPU, op for op: r, z = σ(h + i); n = tanh(i_n + h_n·r); h' = (h - n)·z + n
+            r, z = torch.sigmoid(h_r + i_r), torch.sigmoid(h_z + i_z)
+            new = torch.tanh(i_n + h_n * r)
+            return linear(params, "fc2", (h - new) * z + new)
+        return rnn_forward
+    if type(agent) is MLPAgent and names == {"fc1.weight", "fc1.bias", "fc_hidden.weight", "fc_hidden.bias",
+                                             "fc2.weight", "fc2.bias"}:
+        def mlp_forward(params, x, h):
+            return linear(params, "fc2", F.relu(linear(params, "fc_hidden", F.relu(linear(params, "fc1", x)))))
+        return mlp_forward
+    return None
+
+
+def kl_followup_rows(
+    agent: torch.nn.Module,
+    inputs: torch.Tensor,
+    hidden: torch.Tensor,
+    mix: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    states: torch.Tensor,
+    actions: torch.Tensor,
+    attack_actions: torch.Tensor,
+    initial: torch.Tensor,
+    lr: float,
+    eps: float = ADAM_EPS,
+) -> torch.Tensor:
+    """:func:`kl_followup` one row at a time, for any agent network (a leaf copy of its weights per row)."""
     names = [k for k, _ in agent.named_parameters()]
     b, n, _ = inputs.shape
 

@@ -105,6 +105,11 @@ class WolfpackModelTraining:
                                ("time_hist", "time"))}
         out = {k: pick_windows(v, starts, length) for k, v in cols.items()}
         out.update(hist)
+        # the 2L-1 steps those histories cover, per episode: history j of position i is step i + j here
+        for k, src in (("state_ext", "state"), ("hidden_ext", "hidden"), ("action_ext", "intended_onehot")):
+            x = cols[src]
+            padded = torch.cat([x.new_zeros(b, length - 1, *x.shape[2:]), x], 1)
+            out[k] = pick_windows(padded, starts, 2 * length - 1)
         # positions without an initial agent (the random schedule before its first start) carry no label
         out["label_mask"] = out["mask"] * (out["initial"] < n).float()
         return out
@@ -126,6 +131,9 @@ class WolfpackModelTraining:
             next_state, embed = planner.forward_last(states, hidden, actions)
             return next_state, planner.all_next_obs(embed)
 
+        if planner.shares_window_positions():
+            plan = self._shared_prefix_plan(planner, w)
+
         def agent_q(obs, last_onehot, hidden):
             q, _ = module.agent_q_values({"obs": obs}, last_onehot.argmax(-1), hidden)
             return q
@@ -136,6 +144,39 @@ class WolfpackModelTraining:
             flat(w["action_hist"]), flat(w["avail"]), duration=int(config.attack_duration),
         ).view(b, length)
         return (w["normal"] - attacked) * w["label_mask"]
+
+    @staticmethod
+    def _shared_prefix_plan(planner, w: dict):
+        """``plan`` for :func:`~marlx.attacks.labels.attacked_values` that embeds and projects each episode's real
+        window steps once instead of once per window position (``L`` times).
+
+        At roll-out step ``k`` (the k-th call) the window of position ``i`` is, for ``j < L-1-k``, the real step
+        ``(state, action)[i+j+k]`` with the GRU state ``[i+j]`` (``attacked_values`` rolls states and actions, not
+        the GRU states), and then ``k+1`` positions of its own (the attacked step, the planned ones). The first
+        part is the same for every window of an episode, shifted: its keys and values are computed on the
+        episode's ``2L-2-k`` steps and gathered; :meth:`PlanningTransformer.forward_last_shared` does the rest, the
+        operations of ``forward_last`` in its order.
+        """
+        b, length = w["mask"].shape
+        ext_s, ext_h, ext_a = w["state_ext"], w["hidden_ext"], w["action_ext"]
+        grid = torch.arange(length).view(-1, 1) + torch.arange(length).view(1, -1)  # [i, j] -> i + j
+        calls = [0]
+
+        def plan(states, hidden, actions):
+            k = calls[0]
+            calls[0] += 1
+            shared = length - 1 - k  # window positions taken from the episode's real steps
+            u = 2 * length - 2 - k
+            seq = planner.embed(ext_s[:, k:k + u], ext_h[:, :u], ext_a[:, k:k + u])  # [B, u, E]
+            tail = planner.embed(states[:, shared:], hidden[:, shared:], actions[:, shared:])  # [N, k+1, E]
+            kv = []
+            for real, own in zip(planner.attention_kv(seq), planner.attention_kv(tail)):
+                real = real[:, grid[:, :shared]].reshape(b * length, shared, -1)  # [N, L-1-k, 2E]
+                kv.append(torch.cat([real, own], 1))
+            next_state, embed = planner.forward_last_shared(kv[0], kv[1], tail[:, -1])
+            return next_state, planner.all_next_obs(embed)
+
+        return plan
 
     def qdiff_step_loss(self, module, w: dict, labels: torch.Tensor) -> torch.Tensor:
         b, length = w["mask"].shape

@@ -94,14 +94,18 @@ class QDifferenceTransformer(nn.Module):
         return self.head(torch.cat([h, agent_onehot.to(h.dtype)], dim=-1))
 
     def all_agents(self, timesteps: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """Predictions at the LAST position for every agent: ``[B, n, attack_period]`` (one batched pass)."""
-        b, length = states.shape[:2]
+        """Predictions at the LAST position for every agent: ``[B, n, attack_period]``.
+
+        The agent one-hot enters only the head, so the embedding and the blocks run once per row (not once per
+        agent) and the head once per agent at the last position: ``forward`` of every ``(row, agent)`` read at the
+        last position, computed ``n·L`` times cheaper in the head and ``n`` times in the blocks.
+        """
+        b = states.shape[0]
         n = self.n_agents
-        eye = torch.eye(n, dtype=states.dtype, device=states.device)
-        onehot = eye.view(1, n, 1, n).expand(b, n, length, n).reshape(b * n, length, n)
-        rep = lambda x: x.unsqueeze(1).expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:])  # noqa: E731
-        out = self(rep(timesteps), rep(states), onehot)
-        return out[:, -1].view(b, n, -1)
+        time = timesteps.long().clamp(0, self.max_timestep - 1)
+        h = self.blocks(self.embed_norm(self.embed_state(states) + self.embed_time(time)))[:, -1]  # [B, E]
+        eye = torch.eye(n, dtype=h.dtype, device=h.device)
+        return self.head(torch.cat([h.unsqueeze(1).expand(b, n, h.shape[-1]), eye.expand(b, n, n)], dim=-1))
 
 
 class PlanningTransformer(nn.Module):
@@ -163,6 +167,55 @@ class PlanningTransformer(nn.Module):
             y = self.decoder.norm(y)
         y = y[:, 0]
         return self.fc_next_state(y), self.fc_next_obs_embed(y)
+
+    def shares_window_positions(self) -> bool:
+        """Whether :meth:`forward_last_shared` applies: one post-LN decoder layer (the released layout) and no
+        final norm, so that every window position enters the last position's output only through its keys and
+        values, which are position-wise."""
+        layers = self.decoder.layers
+        return len(layers) == 1 and not layers[0].norm_first and self.decoder.norm is None
+
+    def attention_kv(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed key/value projections ``[..., 2E]`` of embedded positions ``seq [..., E]`` for the layer's
+        self-attention and its memory attention (PyTorch's in-projection: ``linear(x, W_kv, b_kv)``)."""
+        layer = self.decoder.layers[0]
+        out = []
+        for mha in (layer.self_attn, layer.multihead_attn):
+            e = mha.embed_dim
+            out.append(F.linear(seq, mha.in_proj_weight[e:], mha.in_proj_bias[e:]))
+        return out[0], out[1]
+
+    def forward_last_shared(self, kv_self: torch.Tensor, kv_cross: torch.Tensor, last: torch.Tensor):
+        """:meth:`forward_last` from the window's key/value projections ``[N, L, 2E]`` (:meth:`attention_kv` of its
+        embedded positions, which callers may compute once for positions that many windows share) and the
+        embedded last position ``last [N, E]``: the same operations, in the same order (dropout draws included),
+        as ``nn.TransformerDecoderLayer`` runs for the last position when ``tgt = memory``."""
+        layer = self.decoder.layers[0]
+        q = last.unsqueeze(1)  # [N, 1, E]
+        sa = self._attend(layer.self_attn, q, kv_self)
+        y = layer.norm1(q + layer.dropout1(sa))
+        y = layer.norm2(y + layer.dropout2(self._attend(layer.multihead_attn, y, kv_cross)))
+        y = layer.norm3(y + layer._ff_block(y))[:, 0]
+        return self.fc_next_state(y), self.fc_next_obs_embed(y)
+
+    @staticmethod
+    def _attend(mha: nn.MultiheadAttention, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """``mha(query, x, x, need_weights=False)[0]`` (batch first) given ``kv = linear(x, W_kv, b_kv)``: the steps of
+        ``F.multi_head_attention_forward`` after its in-projection, on tensors of the same layout."""
+        n, length = kv.shape[:2]
+        e, heads = mha.embed_dim, mha.num_heads
+        d = e // heads
+        q = F.linear(query.transpose(1, 0), mha.in_proj_weight[:e], mha.in_proj_bias[:e])  # [1, N, E]
+        # PyTorch: kv_proj [L, N, 2E] -> unflatten/transpose -> contiguous [2, L, N, E]
+        kv = kv.transpose(1, 0).unflatten(-1, (2, e)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+        k, v = kv[0], kv[1]
+        q = q.view(1, n * heads, d).transpose(0, 1).view(n, heads, 1, d)
+        k = k.view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
+        v = v.view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
+        out = F.scaled_dot_product_attention(q, k, v, None, mha.dropout if mha.training else 0.0, False)
+        out = out.permute(2, 0, 1, 3).reshape(n, e)
+        out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias).view(1, n, e)
+        return out.transpose(1, 0)
 
     def next_obs(self, embedding: torch.Tensor, agent_onehot: torch.Tensor) -> torch.Tensor:
         return self.fc_obs(F.relu(torch.cat([embedding, agent_onehot.to(embedding.dtype)], dim=-1)))

@@ -11,7 +11,7 @@ from marlx.attacks.base import AttackContext
 from marlx.modules.qmix_module import QMIXRLModule
 
 
-def make_module(n=3, n_actions=4, obs_dim=5, state_dim=6, mixer="qmix", seed=0):
+def make_module(n=3, n_actions=4, obs_dim=5, state_dim=6, mixer="qmix", seed=0, hidden=8):
     torch.manual_seed(seed)
     obs_space = gym.spaces.Dict({
         "obs": gym.spaces.Box(-1, 1, (n, obs_dim), np.float32),
@@ -20,7 +20,7 @@ def make_module(n=3, n_actions=4, obs_dim=5, state_dim=6, mixer="qmix", seed=0):
     })
     return QMIXRLModule(
         observation_space=obs_space, action_space=gym.spaces.MultiDiscrete([n_actions] * n), inference_only=True,
-        model_config={"rnn_hidden_dim": 8, "mixing_embed_dim": 4, "hypernet_embed": 8, "mixer": mixer,
+        model_config={"rnn_hidden_dim": hidden, "mixing_embed_dim": 4, "hypernet_embed": 8, "mixer": mixer,
                       "mixer_on_runners": True},
     )
 
