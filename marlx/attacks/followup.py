@@ -89,9 +89,9 @@ def kl_followup(
     rows in one pass: each row gets its own copy of the weights (``[B, ...]``, batched matrix products), one forward
     and one backward give every row's gradient (row b's loss reaches only row b's copy); the mixer runs row by row
     as in :func:`kl_followup_rows`. The ops are those of the row-by-row computation (on this CPU build the scores are
-    bitwise equal, ``tests/attacks/test_fast_paths.py``); other agent networks are copied and stepped row by row.
+    bitwise equal, ``tests/attacks/test_fast_paths.py``); other agent networks, and a single row, go row by row.
     """
-    forward = batched_agent_forward(agent)
+    forward = batched_agent_forward(agent) if inputs.shape[0] > 1 else None
     if forward is None:
         return kl_followup_rows(agent, inputs, hidden, mix, states, actions, attack_actions, initial, lr, eps)
     b, n, _ = inputs.shape
@@ -110,7 +110,8 @@ def kl_followup(
         loss = 0.0
         for row in range(b):  # the mixer row by row, as one copy sees it (a batched mixer rounds differently)
             s = states[row].view(1, -1)
-            normal = mix(chosen[row].view(1, n), s).detach()
+            with torch.no_grad():  # a constant of the loss
+                normal = mix(chosen[row].view(1, n), s)
             loss = loss + ((mix(chosen_attacked[row].view(1, n), s) - normal) ** 2).mean()
         # the sum of the rows' losses: row b's reaches only row b's copy of the weights
         names = list(params)

@@ -159,7 +159,6 @@ class WolfpackModelTraining:
         """
         b, length = w["mask"].shape
         ext_s, ext_h, ext_a = w["state_ext"], w["hidden_ext"], w["action_ext"]
-        grid = torch.arange(length).view(-1, 1) + torch.arange(length).view(1, -1)  # [i, j] -> i + j
         calls = [0]
 
         def plan(states, hidden, actions):
@@ -171,8 +170,13 @@ class WolfpackModelTraining:
             tail = planner.embed(states[:, shared:], hidden[:, shared:], actions[:, shared:])  # [N, k+1, E]
             kv = []
             for real, own in zip(planner.attention_kv(seq), planner.attention_kv(tail)):
-                real = real[:, grid[:, :shared]].reshape(b * length, shared, -1)  # [N, L-1-k, 2E]
-                kv.append(torch.cat([real, own], 1))
+                e = real.shape[-1] // 2
+                out = real.new_empty(2, length, b * length, e)  # [2, L, N, E]: keys, values
+                # window position j of row (b, i) is the episode's step i + j: sliding windows, as [2, j, b, i, E]
+                real = real.view(b, u, 2, e).unfold(1, shared, 1).permute(2, 4, 0, 1, 3)
+                out[:, :shared].view(2, shared, b, length, e).copy_(real)
+                out[:, shared:] = own.view(b * length, k + 1, 2, e).permute(2, 1, 0, 3)
+                kv.append(out)
             next_state, embed = planner.forward_last_shared(kv[0], kv[1], tail[:, -1])
             return next_state, planner.all_next_obs(embed)
 

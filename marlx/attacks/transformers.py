@@ -185,33 +185,37 @@ class PlanningTransformer(nn.Module):
             out.append(F.linear(seq, mha.in_proj_weight[e:], mha.in_proj_bias[e:]))
         return out[0], out[1]
 
+    @staticmethod
+    def kv_layout(kv: torch.Tensor) -> torch.Tensor:
+        """``[N, L, 2E]`` packed projections -> the contiguous ``[2, L, N, E]`` keys/values PyTorch attends with."""
+        n, length, two_e = kv.shape
+        return kv.view(n, length, 2, two_e // 2).permute(2, 1, 0, 3).contiguous()
+
     def forward_last_shared(self, kv_self: torch.Tensor, kv_cross: torch.Tensor, last: torch.Tensor):
-        """:meth:`forward_last` from the window's key/value projections ``[N, L, 2E]`` (:meth:`attention_kv` of its
-        embedded positions, which callers may compute once for positions that many windows share) and the
-        embedded last position ``last [N, E]``: the same operations, in the same order (dropout draws included),
-        as ``nn.TransformerDecoderLayer`` runs for the last position when ``tgt = memory``."""
+        """:meth:`forward_last` from the window's keys and values (``[2, L, N, E]``, :meth:`kv_layout` of
+        :meth:`attention_kv` of its embedded positions, which callers may compute once for positions that many
+        windows share) and the embedded last position ``last [N, E]``: the same operations, in the same order
+        (dropout draws included), as ``nn.TransformerDecoderLayer`` runs for the last position when
+        ``tgt = memory``."""
         layer = self.decoder.layers[0]
         q = last.unsqueeze(1)  # [N, 1, E]
-        sa = self._attend(layer.self_attn, q, kv_self)
-        y = layer.norm1(q + layer.dropout1(sa))
+        y = layer.norm1(q + layer.dropout1(self._attend(layer.self_attn, q, kv_self)))
         y = layer.norm2(y + layer.dropout2(self._attend(layer.multihead_attn, y, kv_cross)))
         y = layer.norm3(y + layer._ff_block(y))[:, 0]
         return self.fc_next_state(y), self.fc_next_obs_embed(y)
 
     @staticmethod
     def _attend(mha: nn.MultiheadAttention, query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """``mha(query, x, x, need_weights=False)[0]`` (batch first) given ``kv = linear(x, W_kv, b_kv)``: the steps of
-        ``F.multi_head_attention_forward`` after its in-projection, on tensors of the same layout."""
-        n, length = kv.shape[:2]
-        e, heads = mha.embed_dim, mha.num_heads
+        """``mha(query, x, x, need_weights=False)[0]`` (batch first) given ``kv [2, L, N, E]``, the projected keys and
+        values of ``x`` laid out as PyTorch lays them out: the steps of ``F.multi_head_attention_forward`` after its
+        in-projection, on tensors of the same layout."""
+        _, length, n, e = kv.shape
+        heads = mha.num_heads
         d = e // heads
         q = F.linear(query.transpose(1, 0), mha.in_proj_weight[:e], mha.in_proj_bias[:e])  # [1, N, E]
-        # PyTorch: kv_proj [L, N, 2E] -> unflatten/transpose -> contiguous [2, L, N, E]
-        kv = kv.transpose(1, 0).unflatten(-1, (2, e)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
-        k, v = kv[0], kv[1]
         q = q.view(1, n * heads, d).transpose(0, 1).view(n, heads, 1, d)
-        k = k.view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
-        v = v.view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
+        k = kv[0].view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
+        v = kv[1].view(length, n * heads, d).transpose(0, 1).view(n, heads, length, d)
         out = F.scaled_dot_product_attention(q, k, v, None, mha.dropout if mha.training else 0.0, False)
         out = out.permute(2, 0, 1, 3).reshape(n, e)
         out = F.linear(out, mha.out_proj.weight, mha.out_proj.bias).view(1, n, e)
