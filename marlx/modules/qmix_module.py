@@ -24,19 +24,23 @@ Extension points (override in a subclass):
 * :meth:`agent_q_values` / :meth:`unroll` — per-agent Q values for one step / a whole sequence
   (WALL reads them at action time), :meth:`mix` / :meth:`target_mix` — the (target) mixer;
 * set ``model_config["mixer_on_runners"] = True`` to keep the mixer on env runners (WALL's attack needs it).
+
+Env runners select actions through :class:`QMIXSampler` (:meth:`QMIXRLModule.fast_sampler`) when the module's
+acting path is this class's own: the same numbers as ``_forward_exploration`` in a few torch ops (see there).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.utils import make_target_network
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from marlx.modules.agent import agent_input_dim, agent_inputs, make_agent
+from marlx.modules.agent import MLPAgent, RNNAgent, agent_input_dim, agent_inputs, make_agent
 from marlx.modules.mixers import make_mixer
 from marlx.runtime.columns import HIDDEN, PREV_ACTIONS, Q_VALUES, TARGET_Q_VALUES
 
@@ -204,6 +208,21 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
     def _forward_exploration(self, batch: dict, t: int = 0, **kwargs) -> dict:
         return self._act(batch, self.epsilon(t))
 
+    def fast_sampler(self) -> "QMIXSampler | None":
+        """The env runner's fast path of :meth:`_forward_exploration` / :meth:`_forward_inference`, or None.
+
+        Only for a module whose acting path is :class:`QMIXRLModule`'s own (a subclass that changes the agent's
+        inputs or its step, as FoX does, samples through its RLModule forward) with a plain PyMARL/EPyMARL agent
+        network on the CPU.
+        """
+        acting = ("build_agent_inputs", "agent_forward", "_agent_step", "agent_q_values", "_step", "_act",
+                  "_forward_exploration", "_forward_inference", "epsilon", "get_initial_state")
+        if any(getattr(type(self), name) is not getattr(QMIXRLModule, name) for name in acting):
+            return None
+        if type(self.agent) not in (RNNAgent, MLPAgent) or next(self.agent.parameters()).device.type != "cpu":
+            return None
+        return QMIXSampler(self)
+
     def epsilon(self, t: int | float) -> float:
         c = self.cfg
         return linear_epsilon(t, c["epsilon_start"], c["epsilon_finish"], c["epsilon_anneal_time"])
@@ -234,3 +253,94 @@ class QMIXRLModule(TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
     def get_non_inference_attributes(self) -> list[str]:
         attrs = ["target_agent", "target_mixer"]
         return attrs if self.cfg.get("mixer_on_runners") else ["mixer", *attrs]
+
+
+class QMIXSampler:
+    """Epsilon-greedy action selection of a :class:`QMIXRLModule` for env runners, on numpy team arrays.
+
+    It computes exactly what ``_forward_exploration(batch, t)`` / ``_forward_inference(batch)`` compute (the same
+    torch kernels on the same input values and layout, the same draws from torch's global RNG in the same order:
+    ``rand([B, n])`` for "explore?", then ``rand([B, n, A])`` for the random available action), with a fraction of
+    the per-step cost at small batches, where each torch op's ~5-20 us dispatch dominates:
+
+    * the agent input ``[obs | one-hot(previous action) | one-hot(agent id)]`` is written into a preallocated
+      buffer (the id block once), instead of ``torch.cat`` of new tensors;
+    * the agent's layers run as functional ops on its parameters under ``torch.inference_mode`` (no ``nn.Module``
+      calls, no autograd bookkeeping);
+    * masked argmax and the epsilon choice run in numpy on the Q values.
+
+    It holds the agent's parameter tensors: build a new one when the module's parameters are replaced (the runner
+    does after every weight sync; ``load_state_dict`` copies in place, so the old one would still see them).
+    ``__call__`` returns ``None`` for inputs it does not cover (non-float32 leaves, no recurrent state); the runner
+    then takes the module's forward.
+    """
+
+    #: The team observation leaves it reads.
+    obs_keys = ("obs", "avail")
+
+    def __init__(self, module: QMIXRLModule):
+        self.module = module
+        cfg = module.cfg
+        self.n, self.d, self.n_actions = module.n_agents, module.obs_dim, module.n_actions
+        self.last_action, self.agent_id = bool(cfg["obs_last_action"]), bool(cfg["obs_agent_id"])
+        self.in_dim = module.agent_input_dim()
+        agent = module.agent
+        self.recurrent = isinstance(agent, RNNAgent)
+        # parameters without autograd history (same storage: in-place weight updates are seen)
+        self.fc1 = (agent.fc1.weight.detach(), agent.fc1.bias.detach())
+        self.fc2 = (agent.fc2.weight.detach(), agent.fc2.bias.detach())
+        if self.recurrent:
+            r = agent.rnn
+            self.gru = tuple(p.detach() for p in (r.weight_ih, r.weight_hh, r.bias_ih, r.bias_hh))
+        else:
+            self.fc_hidden = (agent.fc_hidden.weight.detach(), agent.fc_hidden.bias.detach())
+        # row 0 all zeros: a previous action of -1 ("none", the first step) maps to it, as in agent_inputs
+        self._one_hot = np.concatenate([np.zeros((1, self.n_actions), np.float32),
+                                        np.eye(self.n_actions, dtype=np.float32)])
+        self._rows = 0
+        self._x = self._xn = None
+
+    def _inputs(self, b: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The input buffer for ``b`` batch rows: a torch tensor ``[b * n, in]`` and its numpy view ``[b, n, in]``."""
+        if b > self._rows:
+            # torch-allocated (its alignment, as torch.cat's output has), the agent-id block written once
+            self._x = torch.zeros(b * self.n, self.in_dim)
+            self._xn = self._x.numpy().reshape(b, self.n, self.in_dim)
+            if self.agent_id:
+                self._xn[:, :, self.in_dim - self.n:] = np.eye(self.n, dtype=np.float32)
+            self._rows = b
+        return self._x[: b * self.n], self._xn[:b]
+
+    def __call__(self, obs: dict, state: dict | None, explore: bool, t: int):
+        """``obs {obs [B, n, d], avail [B, n, A]}``, ``state {h [B, n, H], prev_actions [B, n]}`` (numpy).
+
+        Returns ``(actions [B, n] int64, {q_values: [B, n, A]}, {h: [B, n, H], prev_actions: [B, n]})`` or None.
+        """
+        o, avail = obs["obs"], obs["avail"]
+        if state is None or o.dtype != np.float32 or avail.dtype != np.float32 or state[HIDDEN].dtype != np.float32:
+            return None
+        b, n, d = o.shape
+        x, xn = self._inputs(b)
+        xn[:, :, :d] = o
+        if self.last_action:
+            # (prev + 1) truncated to an integer, below 0 clipped to 0: agent_inputs' (prev.long() + 1).clamp(min=0)
+            xn[:, :, d:d + self.n_actions] = self._one_hot.take(
+                state[PREV_ACTIONS].astype(np.int64) + 1, axis=0, mode="clip")
+        epsilon = self.module.epsilon(t) if explore else 0.0
+        linear = torch.nn.functional.linear
+        with torch.inference_mode():
+            y = torch.relu_(linear(x, *self.fc1))
+            if self.recurrent:
+                h = torch.gru_cell(y, torch.from_numpy(state[HIDDEN]).reshape(b * n, -1), *self.gru)
+            else:
+                h = torch.relu_(linear(y, *self.fc_hidden))
+            q = linear(h, *self.fc2).numpy().reshape(b, n, self.n_actions)
+            if epsilon > 0:
+                explore_draw = torch.rand((b, n)).numpy()
+                random_draw = torch.rand((b, n, self.n_actions)).numpy()
+        available = avail > 0
+        actions = np.where(available, q, -np.inf).argmax(-1)
+        if epsilon > 0:
+            # torch compares a float32 tensor with a Python float in float32
+            actions = np.where(explore_draw < np.float32(epsilon), (random_draw * available).argmax(-1), actions)
+        return actions, {Q_VALUES: q}, {HIDDEN: h.numpy().reshape(b, n, -1), PREV_ACTIONS: actions.astype(np.float32)}

@@ -32,6 +32,10 @@ class TeamRuntimeConfig:
         self.keep_outputs = "all"
         #: Also keep the module's recurrent state after every step in ``TeamEpisode.extras["state_out/<k>"]``.
         self.keep_state_out: bool = False
+        #: Select actions through the module's ``fast_sampler()`` when it has one and no attack is set (QMIX/VDN:
+        #: the same actions, Q values and recurrent states as its RLlib forward, in fewer torch ops); False = always
+        #: the module's ``_forward_exploration`` / ``_forward_inference``.
+        self.fast_sampling: bool = True
         #: Action-time transform between the module's joint action and the env (``{name: ..., **options}``,
         #: see :mod:`marlx.attacks`); None = no attack. ``evaluation_config: {attack: ...}`` attacks test episodes.
         self.attack = None
@@ -39,10 +43,12 @@ class TeamRuntimeConfig:
         self.intrinsic: dict = {}
 
     def team_runtime(self, *, sample_mode=NotProvided, episodes_per_env=NotProvided, keep_outputs=NotProvided,
-                     keep_state_out=NotProvided, attack=NotProvided, intrinsic=NotProvided):
+                     keep_state_out=NotProvided, fast_sampling=NotProvided, attack=NotProvided,
+                     intrinsic=NotProvided):
         """Set the team runtime's options (see the attribute docs of :class:`TeamRuntimeConfig`)."""
         for key, value in dict(sample_mode=sample_mode, episodes_per_env=episodes_per_env, keep_outputs=keep_outputs,
-                               keep_state_out=keep_state_out, attack=attack, intrinsic=intrinsic).items():
+                               keep_state_out=keep_state_out, fast_sampling=fast_sampling, attack=attack,
+                               intrinsic=intrinsic).items():
             if value is not NotProvided:
                 setattr(self, key, value)
         return self
@@ -52,7 +58,8 @@ class TeamRuntimeConfig:
         return dict(self.intrinsic or {})
 
     #: The options :meth:`team_runtime` sets (also accepted by the algorithms' ``training(...)``).
-    TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_outputs", "keep_state_out", "attack", "intrinsic")
+    TEAM_RUNTIME_KEYS = ("sample_mode", "episodes_per_env", "keep_outputs", "keep_state_out", "fast_sampling", "attack",
+                         "intrinsic")
 
     def _pop_team_runtime(self, kwargs: dict) -> None:
         """Apply and remove the team-runtime keys of a ``training(**kwargs)`` call."""
@@ -64,6 +71,8 @@ class TeamRuntimeConfig:
             errors.append(f"sample_mode must be one of {SAMPLE_MODES}, got {self.sample_mode!r}")
         if not isinstance(self.episodes_per_env, int) or self.episodes_per_env < 1:
             errors.append(f"episodes_per_env must be an integer >= 1, got {self.episodes_per_env!r}")
+        if not isinstance(self.fast_sampling, bool):
+            errors.append(f"fast_sampling must be true or false, got {self.fast_sampling!r}")
         if self.keep_outputs != "all" and not isinstance(self.keep_outputs, (list, tuple)):
             errors.append(f"keep_outputs must be 'all' or a list of output names, got {self.keep_outputs!r}")
         for check, value in ((check_attack_config, self.attack), (check_intrinsic_config, self.intrinsic)):

@@ -18,7 +18,9 @@ This runner:
   episodes (and recurrent states) continuing across calls, returned as chunks with the bootstrap observation and
   the recurrent state at each chunk start;
 * runs ONE module forward pass per step over envs x agents on numpy team arrays (no RLlib episode objects or
-  connector pipelines in the hot path) and keeps every per-step module output with the episode;
+  connector pipelines in the hot path) and keeps every per-step module output with the episode; a module with a
+  ``fast_sampler()`` (QMIX's :class:`~marlx.modules.qmix_module.QMIXSampler`) selects actions through it when no
+  attack is set (``fast_sampling: False`` turns it off; both paths give the same actions and outputs);
 * calls the configured :class:`~marlx.attacks.base.Attack` (the action-time seam) between the module's joint
   action and the env; intended and executed actions are both kept;
 * reports RLlib's metric keys (``episode_return_mean``, ``episode_len_mean``, ``num_episodes(_lifetime)``,
@@ -265,12 +267,20 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
         if self.module is not None and self.module.is_stateful():
             self._init_state = {k: v.detach().cpu().numpy() for k, v in self.module.get_initial_state().items()}
         self._state = None  # {key: [num_envs, ...]} recurrent state of every sub-env
+        self._make_sampler()
         n_agents = int(len(self.env.single_action_space.nvec)) if self.env is not None else 0
         n_actions = int(self.env.single_action_space.nvec[0]) if self.env is not None else 0
         self.attack = None
         if self.env is not None:
             self.attack = make_attack(getattr(self.config, ATTACK_KEY, None), self.num_envs, n_agents, n_actions,
                                       seed=None if self.config.seed is None else self._seeds[0])
+
+    def _make_sampler(self) -> None:
+        """The module's fast action-selection path (same actions and outputs as its forward), when it has one."""
+        self._sampler = None
+        if self.module is not None and getattr(self.config, "fast_sampling", True):
+            make = getattr(self.module, "fast_sampler", None)
+            self._sampler = make() if make is not None else None
 
     def get_spaces(self):
         if self.env is None:
@@ -380,6 +390,10 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
     def _act(self, rows: np.ndarray, explore: bool):
         """One forward pass for the sub-envs ``rows``: ``(intended [B, n], executed [B, n], extras)``."""
         all_rows = len(rows) == self.num_envs
+        if self._sampler is not None and self.attack is None:
+            fast = self._act_fast(rows, all_rows, explore)
+            if fast is not None:
+                return fast
         if len(rows) == 1:
             obs_np = {k: v[None] for k, v in self._cur_obs[rows[0]].items()}
         else:
@@ -412,16 +426,39 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
             extras.update({k: np.asarray(v) for k, v in attack_extras.items()})
             extras.setdefault(ATTACKED, executed != actions)
         if state_out is not None:
-            state_np = {k: v.detach().cpu().numpy() for k, v in state_out.items()}
-            if self._state is not None:
-                for k, v in state_np.items():
-                    if all_rows:
-                        self._state[k][...] = v
-                    else:
-                        self._state[k][rows] = v
-            if self.keep_state_out:
-                extras.update({STATE_OUT_PREFIX + k: v for k, v in state_np.items()})
+            self._store_state(rows, all_rows, {k: v.detach().cpu().numpy() for k, v in state_out.items()}, extras)
         return actions, executed, extras
+
+    def _act_fast(self, rows: np.ndarray, all_rows: bool, explore: bool):
+        """:meth:`_act` through the module's fast sampler (no attack); None where the sampler declines the input."""
+        cur = self._cur_obs
+        if len(rows) == 1:
+            obs = {k: cur[rows[0]][k][None] for k in self._sampler.obs_keys}
+        else:
+            obs = {k: np.stack([cur[i][k] for i in rows]) for k in self._sampler.obs_keys}
+        state = None
+        if self._state is not None:
+            state = self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
+        res = self._sampler(obs, state, explore, self._epsilon_t())
+        if res is None:
+            return None
+        actions, outputs, state_np = res
+        keep = self.keep_outputs
+        extras = {k: v for k, v in outputs.items() if keep is None or k in keep}
+        if state_np is not None:
+            self._store_state(rows, all_rows, state_np, extras)
+        return actions, actions, extras
+
+    def _store_state(self, rows, all_rows: bool, state_np: dict, extras: dict) -> None:
+        """The module's recurrent state after the step: into the sub-envs' rows (and the extras when kept)."""
+        if self._state is not None:
+            for k, v in state_np.items():
+                if all_rows:
+                    self._state[k][...] = v
+                else:
+                    self._state[k][rows] = v
+        if self.keep_state_out:
+            extras.update({STATE_OUT_PREFIX + k: v for k, v in state_np.items()})
 
     def _record(self, i: int, j: int, actions, executed, extras, obs, reward, info) -> None:
         ep = self._ongoing[i]
@@ -622,6 +659,7 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
                 if isinstance(module_state, dict) and DEFAULT_MODULE_ID in module_state:
                     module_state = module_state[DEFAULT_MODULE_ID]
                 self.module.set_state(module_state)
+                self._make_sampler()
             if seq > 0:
                 self._weights_seq_no = seq
         if NUM_ENV_STEPS_SAMPLED_LIFETIME in state and state[NUM_ENV_STEPS_SAMPLED_LIFETIME] is not None:
