@@ -298,18 +298,22 @@ class QMIXSampler:
         self._one_hot = np.concatenate([np.zeros((1, self.n_actions), np.float32),
                                         np.eye(self.n_actions, dtype=np.float32)])
         self._rows = 0
-        self._x = self._xn = None
+        self._x = None
+        self._views: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # batch rows -> views of self._x
 
     def _inputs(self, b: int) -> tuple[torch.Tensor, np.ndarray]:
         """The input buffer for ``b`` batch rows: a torch tensor ``[b * n, in]`` and its numpy view ``[b, n, in]``."""
-        if b > self._rows:
-            # torch-allocated (its alignment, as torch.cat's output has), the agent-id block written once
-            self._x = torch.zeros(b * self.n, self.in_dim)
-            self._xn = self._x.numpy().reshape(b, self.n, self.in_dim)
-            if self.agent_id:
-                self._xn[:, :, self.in_dim - self.n:] = np.eye(self.n, dtype=np.float32)
-            self._rows = b
-        return self._x[: b * self.n], self._xn[:b]
+        views = self._views.get(b)
+        if views is None:
+            if b > self._rows:
+                # torch-allocated (its alignment, as torch.cat's output has), the agent-id block written once
+                self._x = torch.zeros(b * self.n, self.in_dim)
+                xn = self._x.numpy().reshape(b, self.n, self.in_dim)
+                if self.agent_id:
+                    xn[:, :, self.in_dim - self.n:] = np.eye(self.n, dtype=np.float32)
+                self._rows, self._views = b, {}
+            views = self._views[b] = (self._x[: b * self.n], self._x.numpy().reshape(-1, self.n, self.in_dim)[:b])
+        return views
 
     def __call__(self, obs: dict, state: dict | None, explore: bool, t: int):
         """``obs {obs [B, n, d], avail [B, n, A]}``, ``state {h [B, n, H], prev_actions [B, n]}`` (numpy).
@@ -336,8 +340,11 @@ class QMIXSampler:
                 h = torch.relu_(linear(y, *self.fc_hidden))
             q = linear(h, *self.fc2).numpy().reshape(b, n, self.n_actions)
             if epsilon > 0:
-                explore_draw = torch.rand((b, n)).numpy()
-                random_draw = torch.rand((b, n, self.n_actions)).numpy()
+                # one call for both draws: torch's CPU uniform fills element by element from one stream, so this
+                # is rand([B, n]) followed by rand([B, n, A]) (the test of the fast path checks it bit for bit)
+                draws = torch.rand(b * n * (1 + self.n_actions)).numpy()
+                explore_draw = draws[: b * n].reshape(b, n)
+                random_draw = draws[b * n:].reshape(b, n, self.n_actions)
         available = avail > 0
         actions = np.where(available, q, -np.inf).argmax(-1)
         if epsilon > 0:
