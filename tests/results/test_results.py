@@ -15,7 +15,7 @@ from marlx.cli import marlx_cmd
 from marlx.results.report import report_runs
 from marlx.results.runs import find_trials, group_trials
 from marlx.results.plot import seed_grid, seed_mean
-from marlx.results.stats import bootstrap_band, bootstrap_ci, iqm
+from marlx.results.stats import bootstrap_band, bootstrap_ci, iqm, paired_t_interval, t_interval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -63,6 +63,24 @@ def test_plotted_mean_only_where_every_seed_has_a_value():
     assert np.isnan(mean[10]) and np.isnan(lo[10]) and np.isnan(hi[10])  # x = 100: only seed 0
     assert mean[9] == pytest.approx((0.8 + 0.2) / 2)  # x = 90: seed 0 interpolated (0.8), seed 1's last (0.2)
     assert not np.isnan(mean[:10]).any()
+
+
+def test_t_intervals_on_hand_examples():
+    # 1..5: mean 3, sd sqrt(2.5), t_{0.975, 4} = 2.776445 -> half width 2.776445 * 1.581139 / sqrt(5) = 1.963243
+    m, lo, hi = t_interval([1, 2, 3, 4, 5])
+    assert m == 3.0 and lo == pytest.approx(3 - 1.963243, abs=1e-5) and hi == pytest.approx(3 + 1.963243, abs=1e-5)
+    assert t_interval([7.0]) == (7.0, 7.0, 7.0)
+    assert all(np.isnan(x) for x in t_interval([]))
+    # Pairing removes the spread the two share: b = a - 1 + small noise; unpaired intervals overlap, paired does not.
+    a = [90.0, 80.0, 95.0, 70.0, 85.0]
+    b = [89.0, 78.9, 94.1, 69.0, 83.8]
+    d, dlo, dhi = paired_t_interval(a, b)
+    assert d == pytest.approx(1.04) and 0.5 < dlo < d < dhi < 1.5
+    _, alo, _ = t_interval(a)
+    _, _, bhi = t_interval(b)
+    assert alo < bhi
+    with pytest.raises(ValueError):
+        paired_t_interval([1, 2], [1, 2, 3])
 
 
 def test_trials_grouped_by_experiment_and_seed(runs):
