@@ -190,6 +190,14 @@ def test_residual_mlp_fedluar_candidates_are_its_weight_matrices_only():
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     with pytest.raises(MarlxError):
         LayerRecycler(model.state_dict(), delta=7)
+    # A wide stem: one more weight matrix, and the two stem matrices hold most of the parameters.
+    wide = residual_mlp(hidden=16, blocks=5, stem=256)
+    state = wide.state_dict()
+    rec = LayerRecycler(state, delta=7)
+    assert len(rec.candidates) == 8 and rec.candidates[:2] == ["inp.0.weight", "inp.2.weight"]
+    stem_share = (state["inp.0.weight"].numel() + state["inp.2.weight"].numel()) / sum(v.numel() for v in state.values())
+    assert stem_share == pytest.approx((64 * 256 + 256 * 16) / sum(v.numel() for v in state.values())) and stem_share > 0.7
+    assert wide(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
 
 
 # ---------------------------------------------------------------- EmbracingFL
