@@ -19,7 +19,9 @@ Contestants per seed (every contestant of a seed gets the same partition, client
      ``--kd-rounds`` rounds, with two references that explain the gap: FedAvg of the target over the
      strong + moderate clients only (on-device KD without the distillation) and FedAvg of the target on every
      client (what the target reaches when the weak clients can train it); the KD run's teacher (its auxiliary
-     small model) is reported too, and every model's accuracy every ``--kd-eval-every`` rounds.
+     small model) is reported too, and every model's accuracy every ``--kd-eval-every`` rounds. Variant: the
+     distillation steps start from a zero momentum buffer (``kd_fresh_momentum``) instead of coasting on the
+     cross-entropy phase's velocity (the authors' code shares one optimizer).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/federated.py    # 10 seeds, groups A, B, C: about 25 minutes
 
@@ -91,6 +93,8 @@ def contestants(args) -> tuple[list[tuple[str, str, str, dict, str]], dict]:
         kd_rampup = max(1, int(0.75 * args.kd_rounds))
         out += [("C", "kd_target", "kd", {"aux_width": 0.25, "rampup_rounds": kd_rampup}, "global"),
                 ("C", "kd_teacher", None, {}, "aux"),  # the auxiliary model of the kd_target run itself
+                ("C", "kd_target_fresh_momentum", "kd",
+                 {"aux_width": 0.25, "rampup_rounds": kd_rampup, "kd_fresh_momentum": True}, "global"),
                 ("C", "fedavg_small", "fedavg", {"width": 0.25}, "global"),
                 ("C", "fedavg_target_nonweak", "fedavg", {"tiers": ("strong", "moderate")}, "global"),
                 ("C", "fedavg_target_all", "fedavg", {}, "global")]

@@ -309,6 +309,31 @@ def test_on_device_kd_weak_clients_hold_only_aux_and_distillation_pulls_towards_
     assert kl1 < 0.8 * kl0
 
 
+def test_kd_fresh_momentum_stops_the_cross_entropy_velocity_from_coasting_into_distillation(digits):
+    """With a negligible KD weight the distillation steps' gradients are ~0: a shared optimizer keeps moving the
+    weights on the cross-entropy phase's momentum, a fresh one leaves them where the cross-entropy phase ended."""
+    train, _ = digits
+    torch.manual_seed(0)
+    teacher_state = net(0.25).state_dict()
+    student_state = net(1.0).state_dict()
+    idx = np.arange(64)
+
+    def train_with(kd_steps, fresh):
+        job = ModelJob(1.0, student_state, ce_steps=5, kd_steps=kd_steps, teacher="aux", kd_weight=1e-12,
+                       kd_fresh_momentum=fresh)
+        res = run_client(ClientTask(0, 0, {"aux": ModelJob(0.25, teacher_state, upload=set()), "global": job}),
+                         net, train.x, train.y, idx, idx, LocalSGD(16, 0.05, momentum=0.9))
+        return res.uploads["global"]
+
+    ce_only = train_with(0, False)
+    fresh, shared = train_with(10, True), train_with(10, False)
+    drift = lambda s: sum(float((s[k] - ce_only[k]).norm()) for k in s)  # noqa: E731
+    assert drift(fresh) < 1e-6 < 1e-3 < drift(shared)
+    strat = make_strategy("kd", kd_fresh_momentum=True)
+    FederatedTrainer(net, train, None, strat, cfg(tiers={"strong": 1.0}))
+    assert all(j["global"].kd_fresh_momentum for j in strat.tasks(0, [0, 1]).values())
+
+
 def test_unknown_strategy_and_option_give_clear_errors():
     with pytest.raises(UnknownNameError, match="fedluar"):
         make_strategy("fedlaur")

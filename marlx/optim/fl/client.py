@@ -33,6 +33,9 @@ class ModelJob:
         kd_steps: then this many steps of distillation from ``teacher`` on the client's unlabelled data.
         teacher: name of another job in the same task whose *downloaded* state is the teacher.
         kd_weight, temperature: the distillation loss weight w(t) and temperature T.
+        kd_fresh_momentum: start the distillation steps from a zero momentum buffer; ``False`` keeps one
+            optimizer for both phases (as the on-device KD code does), so the cross-entropy phase's velocity
+            carries into the distillation phase.
     """
 
     width: float
@@ -44,6 +47,7 @@ class ModelJob:
     teacher: Optional[str] = None
     kd_weight: float = 0.0
     temperature: float = 3.0
+    kd_fresh_momentum: bool = False
 
 
 @dataclass
@@ -125,6 +129,8 @@ def run_job(job: ModelJob, model_fn: Callable, x: torch.Tensor, y: torch.Tensor,
         if teacher is None:
             raise ValueError("a KD job needs a teacher")
         teacher.eval()
+        if job.kd_fresh_momentum:
+            opt = torch.optim.SGD(params, lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
         stream = _BatchStream(unlabelled if len(unlabelled) else labelled, sgd.batch_size, rng)
         for _ in range(job.kd_steps):
             b = torch.as_tensor(stream.next())

@@ -90,6 +90,8 @@ class OnDeviceKDConfig(FedAvgConfig):
         max_weight: w(t) after the ramp-up (paper: 0.5).
         rampup_rounds: rounds of the ramp-up ``exp(-5 (1 - t/rampup)^2)`` (paper: 300 of 400 rounds).
         kd_steps: distillation steps per round; ``None`` = the trainer's ``local_steps`` (paper: 30 and 30).
+        kd_fresh_momentum: start the distillation steps from a zero momentum buffer (default ``False``: one
+            optimizer for both phases, as in the authors' code).
     """
 
     aux_width: float = 0.25
@@ -98,6 +100,7 @@ class OnDeviceKDConfig(FedAvgConfig):
     max_weight: float = 0.5
     rampup_rounds: int = 300
     kd_steps: Optional[int] = None
+    kd_fresh_momentum: bool = False
 
 
 class Strategy:
@@ -243,7 +246,8 @@ class OnDeviceKD(Strategy):
             jobs = {"aux": ModelJob(cfg.aux_width, self.aux_state, ce_steps=self.local_steps)}
             if self.tiers[c] not in cfg.weak_tiers:
                 jobs["global"] = ModelJob(cfg.width, self.state, ce_steps=self.local_steps, kd_steps=kd_steps,
-                                          teacher="aux", kd_weight=w, temperature=cfg.temperature)
+                                          teacher="aux", kd_weight=w, temperature=cfg.temperature,
+                                          kd_fresh_momentum=cfg.kd_fresh_momentum)
             out[c] = jobs
         return out
 
