@@ -394,14 +394,11 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
             fast = self._act_fast(rows, all_rows, explore)
             if fast is not None:
                 return fast
-        if len(rows) == 1:
-            obs_np = {k: v[None] for k, v in self._cur_obs[rows[0]].items()}
-        else:
-            obs_np = {k: np.stack([self._cur_obs[i][k] for i in rows]) for k in self._cur_obs[rows[0]]}
+        obs_np = self._rows_obs(rows)
         obs = {k: self._tensor(v) for k, v in obs_np.items()}
         batch = {Columns.OBS: obs}
-        if self._state is not None:
-            state = self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
+        state = self._rows_state(rows, all_rows)
+        if state is not None:
             batch[Columns.STATE_IN] = {k: self._tensor(v) for k, v in state.items()}
         with torch.no_grad():
             out = module_forward(self.module, batch, explore, self._epsilon_t())
@@ -431,15 +428,8 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
 
     def _act_fast(self, rows: np.ndarray, all_rows: bool, explore: bool):
         """:meth:`_act` through the module's fast sampler (no attack); None where the sampler declines the input."""
-        cur = self._cur_obs
-        if len(rows) == 1:
-            obs = {k: cur[rows[0]][k][None] for k in self._sampler.obs_keys}
-        else:
-            obs = {k: np.stack([cur[i][k] for i in rows]) for k in self._sampler.obs_keys}
-        state = None
-        if self._state is not None:
-            state = self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
-        res = self._sampler(obs, state, explore, self._epsilon_t())
+        obs = self._rows_obs(rows, self._sampler.obs_keys)
+        res = self._sampler(obs, self._rows_state(rows, all_rows), explore, self._epsilon_t())
         if res is None:
             return None
         actions, outputs, state_np = res
@@ -448,6 +438,20 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
         if state_np is not None:
             self._store_state(rows, all_rows, state_np, extras)
         return actions, actions, extras
+
+    def _rows_obs(self, rows: np.ndarray, keys=None) -> dict:
+        """The current observations of the sub-envs ``rows`` as ``{leaf: [B, ...]}`` (only ``keys`` when given)."""
+        cur = self._cur_obs
+        keys = list(cur[rows[0]]) if keys is None else keys
+        if len(rows) == 1:
+            return {k: cur[rows[0]][k][None] for k in keys}
+        return {k: np.stack([cur[i][k] for i in rows]) for k in keys}
+
+    def _rows_state(self, rows: np.ndarray, all_rows: bool) -> dict | None:
+        """The recurrent state of the sub-envs ``rows`` (``{key: [B, ...]}``), None for a stateless module."""
+        if self._state is None:
+            return None
+        return self._state if all_rows else {k: v[rows] for k, v in self._state.items()}
 
     def _store_state(self, rows, all_rows: bool, state_np: dict, extras: dict) -> None:
         """The module's recurrent state after the step: into the sub-envs' rows (and the extras when kept)."""
