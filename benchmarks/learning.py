@@ -93,6 +93,7 @@ def formation_tally(formation_round: int):
 def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: int | None = 1,
              max_wall_s: float | None = None) -> list[dict]:
     from marlx.algorithms import get_algorithm_class
+    from marlx.results.runs import evaluated_at
 
     config = dict(exp["config"])
     env_config = config.pop("env_config", {})
@@ -104,15 +105,13 @@ def run_seed(exp: dict, seed: int, max_env_steps: int | None, formation_round: i
     if formation_round is not None and isinstance(getattr(algo, "intrinsic", None), list):
         tally = formation_tally(formation_round)
         algo.intrinsic.append(tally)
-    rows, t0, last_eval_episodes = [], time.perf_counter(), 0.0
+    rows, t0 = [], time.perf_counter()
     try:
         while True:
             r = algo.train()
             steps = int(r["num_env_steps_sampled_lifetime"])
-            # RLlib repeats the last evaluation's results in later iterations: count evaluated episodes
-            eval_episodes = get(r, "evaluation/env_runners/num_episodes_lifetime", 0.0)
-            evaluated = eval_episodes > last_eval_episodes
-            last_eval_episodes = max(last_eval_episodes, eval_episodes)
+            # RLlib repeats the last evaluation's results in later iterations: its own rule says which evaluated
+            evaluated = bool(evaluated_at(r["training_iteration"], cfg.evaluation_interval))
             out_of_time = max_wall_s is not None and time.perf_counter() - t0 >= max_wall_s
             if evaluated or steps >= budget or out_of_time:
                 rows.append({

@@ -34,6 +34,23 @@ X_ALIASES = {
 }
 ENV_STEPS_KEYS = X_ALIASES["env_steps"]
 EVAL_EPISODES_KEY = "evaluation/env_runners/num_episodes_lifetime"
+
+
+def evaluated_at(iteration, evaluation_interval) -> bool | None:
+    """Whether RLlib evaluated in ``training_iteration`` ``iteration``, by its own rule (``Algorithm.step``:
+    ``evaluation_interval and iteration % evaluation_interval == 0``); None when the interval is unknown.
+
+    Not from the result's ``evaluation/env_runners/num_episodes_lifetime``: Ray 2.60 reports the latest merged
+    value there in an evaluation iteration (the episodes of that evaluation, e.g. 4, 4, 4) and the accumulated
+    total in the iterations between evaluations, where the last evaluation's results are repeated
+    (``tests/results/test_evaluation_rows.py`` shows it on a real run). A count that must grow therefore finds
+    one evaluation with ``evaluation_interval: 1`` and lags one iteration behind otherwise.
+    """
+    if not isinstance(evaluation_interval, (int, float)) or isinstance(evaluation_interval, bool):
+        return None
+    if not evaluation_interval or not isinstance(iteration, (int, float)):
+        return False
+    return int(iteration) % int(evaluation_interval) == 0
 #: Config keys that identify a trial, not a setting (never split a seed group).
 IDENTITY_KEYS = {"seed"}
 
@@ -68,16 +85,22 @@ class Trial:
         """``(x, y)`` of the rows that have both as finite numbers, in file order.
 
         RLlib repeats the last evaluation's results in the iterations between evaluations: for an
-        ``evaluation/`` metric only rows where the evaluated-episode count grew are kept.
+        ``evaluation/`` metric only the rows of iterations that evaluated are kept (:func:`evaluated_at`, from the
+        trial's ``evaluation_interval``; without a params file, the rows where the evaluated-episode count grew).
         """
         xs, ys = [], []
         evaluated = 0.0
+        interval = self.params.get("evaluation_interval")
         for r in self.rows:
             x, y = r.get(x_key), r.get(y_key)
-            if y_key.startswith("evaluation/") and _number(r.get(EVAL_EPISODES_KEY)):
-                if r[EVAL_EPISODES_KEY] <= evaluated:
+            if y_key.startswith("evaluation/"):
+                at = evaluated_at(r.get("training_iteration"), interval)
+                if at is False:
                     continue
-                evaluated = r[EVAL_EPISODES_KEY]
+                if at is None and _number(r.get(EVAL_EPISODES_KEY)):
+                    if r[EVAL_EPISODES_KEY] <= evaluated:
+                        continue
+                    evaluated = r[EVAL_EPISODES_KEY]
             if _number(x) and _number(y):
                 xs.append(float(x))
                 ys.append(float(y))
