@@ -275,6 +275,42 @@ def _progress_callback(stop: GracefulStop | None = None, verbose: bool = True):
     return ProgressLines()
 
 
+def _keep_trial_logs_callback():
+    from ray import tune
+
+    class KeepTrialLogs(tune.Callback):
+        """Keeps a trial's result.json / progress.csv rows when the trial restarts from a checkpoint.
+
+        Ray 2.60: when a trial's actor starts with a checkpoint set (a PBT exploit, a trial paused by synchronous
+        PBT and resumed, a restart after a failure), the JSON and CSV loggers first copy that file from the storage
+        path over the driver's staging copy (``LoggerCallback._restore_from_remote``). The storage copy is only as
+        new as the last experiment sync (every >= 10 s by default), so every row written since that sync was lost:
+        a synchronous-PBT run whose sync fell between iterations 1 and 2 kept rows 1, 3, 4 of both trials. Tune
+        calls user callbacks before its default loggers, so this one first uploads the staging copy where it is the
+        longer, and the loggers' copy brings back every row. Shown in tests/cli/test_trial_logs.py.
+        """
+
+        FILES = ("result.json", "progress.csv")
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if not trial.checkpoint or not trial.local_path:
+                return
+            import pyarrow.fs
+
+            fs = trial.storage.storage_filesystem
+            for name in self.FILES:
+                local = os.path.join(trial.local_path, name)
+                if not os.path.isfile(local):
+                    continue
+                remote = f"{trial.storage.trial_fs_path}/{name}"
+                stored = fs.get_file_info(remote)
+                if stored.type == pyarrow.fs.FileType.File and stored.size >= os.path.getsize(local):
+                    continue
+                pyarrow.fs.copy_files(local, remote, destination_filesystem=fs)
+
+    return KeepTrialLogs()
+
+
 _ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception): ")
 
 
@@ -346,7 +382,7 @@ def run_experiment(exp: Experiment, resume: bool = False, verbose: bool = True, 
         print(f"note: {notice}", file=sys.stderr)
     path = experiment_dir(exp)
     stop = GracefulStop()
-    callbacks = [_progress_callback(stop, verbose)]
+    callbacks = [_progress_callback(stop, verbose), _keep_trial_logs_callback()]
     if resume:
         check_resumable(exp)
         if exp.is_search:
