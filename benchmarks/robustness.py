@@ -18,6 +18,10 @@ one JSON object. The expected shape (paper: QMIX 98.7% -> 39.4% under Wolfpack; 
 >= 2x random's; WALL under Wolfpack recovers at least half of QMIX's drop with natural success within 5 points.
 
     python benchmarks/robustness.py --seeds 3
+
+``--train-budget`` (WALL's ``num_attack_train`` and every attacker fit's budget) and ``--env-config`` (e.g. a shorter
+``episode_limit``) scale the test to a task whose episodes are short: on predator_prey a natural episode lasts ~6.5
+steps, so the paper's SMAC budget of 12 attacks nearly every training step (BENCHMARKS.md, issue 13).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def evaluate(ckpt: str, args, seed: int, folder: str, which: str) -> dict:
     kwargs = {"attack": "random" if which == "random" else "wolfpack", "budget": args.budget, "seed": seed,
               "out": folder, "episodes": args.episodes}
     if which == "wolfpack":
-        kwargs.update(fit_steps=args.fit_steps, refit=True)
+        kwargs.update(fit_steps=args.fit_steps, refit=True, fit_budget=args.train_budget)
     res = evaluate_checkpoint(ckpt, **kwargs)
     out = {"natural": res["natural"], which: res["attacked"]}
     if which == "wolfpack":
@@ -97,6 +101,8 @@ def run_seed(args, seed: int) -> dict:
     import marlx.envs.registry  # noqa: F401  (env names in this worker's Tune registry)
 
     exp = load_example(args.example)
+    if args.env_config:
+        exp["config"]["env_config"] = {**exp["config"].get("env_config", {}), **json.loads(args.env_config)}
     base = os.path.join(args.out, "robustness_runs", f"seed{seed}")
     os.makedirs(base, exist_ok=True)
     t0 = time.perf_counter()
@@ -113,7 +119,8 @@ def run_seed(args, seed: int) -> dict:
     stage("qmix", qmix)
     for which in ("random", "wolfpack"):
         stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"), which))
-    wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"])
+    budget = {} if args.train_budget is None else {"num_attack_train": args.train_budget}
+    wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"], **budget)
     wall = train(wall_cfg, args.wall_steps, os.path.join(base, "wall"))
     stage("wall", wall)
     for which in ("wolfpack_own", "wolfpack", "random"):
@@ -121,14 +128,14 @@ def run_seed(args, seed: int) -> dict:
     return partial
 
 
-def success(part: dict, key: str) -> float:
-    return float(part[key]["success_rate"]) if key in part else float("nan")
+def success(part: dict, key: str, field: str = "success_rate") -> float:
+    return float(part[key][field]) if key in part else float("nan")
 
 
 def verdict(per_seed: list[dict]) -> dict:
     """Means over seeds (NaN where a stage did not run) and the three checks of the expected shape."""
-    def m(model: str, key: str) -> float:
-        vals = [success(r.get(model, {}), key) for r in per_seed]
+    def m(model: str, key: str, field: str = "success_rate") -> float:
+        vals = [success(r.get(model, {}), key, field) for r in per_seed]
         vals = [v for v in vals if v == v]
         return float(np.mean(vals)) if vals else float("nan")
 
@@ -145,6 +152,10 @@ def verdict(per_seed: list[dict]) -> dict:
         "shape_wolfpack_drop_ge_2x_random": bool(drop_wolf > 0 and drop_wolf >= 2 * drop_rand),
         "shape_wall_recovers_half": bool(recovered >= 0.5),
         "shape_wall_natural_within_5_points": bool(w_nat >= q_nat - 0.05),
+        # episode lengths: an attack that only delays the team shows here, not in the success rate
+        **{f"{model}_length_{key}": m(model, key, "length_mean")
+           for model, keys in (("qmix", ("natural", "random", "wolfpack")),
+                               ("wall", ("natural", "random", "wolfpack", "wolfpack_own"))) for key in keys},
     }
 
 
@@ -156,8 +167,9 @@ def report(per_seed: list[dict], args) -> dict:
                              ("WALL", "wall", ("natural", "random", "wolfpack", "wolfpack_own"))):
         for col in cols:
             vals = [success(r.get(key, {}), col) for r in per_seed]
+            lens = [success(r.get(key, {}), col, "length_mean") for r in per_seed]
             print(f"  {label:5} {col:13} {np.nanmean(vals) if any(v == v for v in vals) else float('nan'):.3f}"
-                  f"  per seed {vals}")
+                  f"  per seed {vals}  episode length per seed {lens}")
     return summary
 
 
@@ -170,6 +182,11 @@ def main() -> None:
     p.add_argument("--fit-steps", type=int, default=3_000, help="env steps of each Wolfpack attacker fit")
     p.add_argument("--budget", type=int, default=8, help="attacked steps per episode, every attack (WALL test: 8)")
     p.add_argument("--episodes", type=int, default=32, help="natural and attacked episodes per evaluation")
+    p.add_argument("--train-budget", type=int, default=None,
+                   help="attacked steps per training episode: WALL's num_attack_train and every attacker fit's "
+                        "budget (default: WALL's, 12 for QMIX; scale it down for tasks with short episodes)")
+    p.add_argument("--env-config", default=None,
+                   help="JSON merged into the example's env_config, e.g. '{\"episode_limit\": 15}' for time pressure")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--summarize", action="store_true",
                    help="only read the per-seed stages of an earlier (possibly cut short) run under --out")

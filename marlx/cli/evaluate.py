@@ -223,37 +223,43 @@ def attacker_dir(checkpoint: str, out: str | None = None) -> str:
 
 
 def train_budget(config) -> int:
-    """WALL's training budget for the victim's mixer (``num_attack_train``: QMIX 12, VDN preset 16)."""
+    """WALL's training budget for the victim: a WALL config's own ``num_attack_train``, else the mixer's default
+    (QMIX 12, VDN preset 16)."""
     from marlx.attacks.fit import TRAIN_BUDGETS
 
+    if getattr(config, "num_attack_train", None) is not None:
+        return int(config.num_attack_train)
     return TRAIN_BUDGETS.get(getattr(config, "mixer", "qmix"), TRAIN_BUDGETS["qmix"])
 
 
 def resolve_attacker(algorithm, config, cls, folder: str, fit_steps: int | None, refit: bool, seed: int,
-                     log) -> tuple[object | None, dict]:
+                     log, fit_budget: int | None = None) -> tuple[object | None, dict]:
     """The Q-difference transformer Wolfpack uses: ``(model or None for the module's own, info)``.
 
     A WALL checkpoint carries its own (co-trained with the policy); any other value-based checkpoint gets one
     fitted against the frozen policy on the algorithm's training runner (:func:`marlx.attacks.fit.fit_attacker`),
-    saved to ``folder`` and reused by later calls (``refit`` redoes it; a different ``fit_steps`` too).
+    saved to ``folder`` and reused by later calls (``refit`` redoes it; a different ``fit_steps`` or ``fit_budget``
+    too). ``fit_budget``: attacked steps per fitting episode (default :func:`train_budget`).
     """
     from marlx.algorithms.wall import WALL
     from marlx.attacks.fit import ATTACKER_FILE, FIT_STEPS, FitOptions, fit_attacker, load_attacker, save_attacker
 
-    if issubclass(cls, WALL) and not refit and fit_steps is None:
+    budget = int(train_budget(config) if fit_budget is None else fit_budget)
+    if issubclass(cls, WALL) and not refit and fit_steps is None and fit_budget is None:
         return None, {"source": "checkpoint"}
     path = os.path.join(folder, ATTACKER_FILE)
     runner = algorithm.env_runner_group.local_env_runner
     if os.path.isfile(path) and not refit:
         models, meta = load_attacker(path, runner.module)
-        if fit_steps is None or int(meta.get("fit_steps", -1)) == int(fit_steps):
+        same_budget = fit_budget is None or int(meta.get("fit_budget", -1)) == budget
+        if (fit_steps is None or int(meta.get("fit_steps", -1)) == int(fit_steps)) and same_budget:
             log(f"reusing the Wolfpack attacker fitted for {meta.get('fit_steps')} env steps: {path} "
                 "(--refit fits a new one)")
             return models.qdiff_transformer, {"source": "reused", "path": path, **meta}
-        log(f"the saved attacker was fitted for {meta.get('fit_steps')} env steps, --fit-steps {fit_steps} asked: "
-            "fitting again")
+        log(f"the saved attacker was fitted for {meta.get('fit_steps')} env steps with budget "
+            f"{meta.get('fit_budget')}, {fit_steps} env steps with budget {budget} asked: fitting again")
     steps = int(FIT_STEPS if fit_steps is None else fit_steps)
-    options = FitOptions(steps=steps, budget=train_budget(config), seed=int(seed))
+    options = FitOptions(steps=steps, budget=budget, seed=int(seed))
     models, summary = fit_attacker(runner, options, log=log)
     meta = {"fit_steps": steps, "fit_budget": options.budget, "seed": int(seed), **summary}
     save_attacker(path, models, meta)
@@ -264,7 +270,7 @@ def resolve_attacker(algorithm, config, cls, folder: str, fit_steps: int | None,
 def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, explore: bool = False,
                         attack: str | None = None, budget: int | None = None, seed: int | None = None,
                         fit_steps: int | None = None, refit: bool = False, out: str | None = None,
-                        log=None) -> dict:
+                        log=None, fit_budget: int | None = None) -> dict:
     """Run ``episodes`` greedy episodes of the policy in a checkpoint on its training env, locally.
 
     Returns ``{"checkpoint", "algorithm", "env", "episodes", "return_mean", "success_rate", "length_mean"}``
@@ -273,8 +279,9 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
     ``"attack"`` (the attack's options), ``"budget"``, ``"natural"`` ``{"return_mean", "success_rate",
     "length_mean"}`` and ``"attacked"`` (those plus ``"attacked_steps_mean"``, ``"attacked_steps_max"``,
     ``"hits_per_agent"``); Wolfpack also ``"attacker"`` (where its Q-difference transformer came from, see
-    :func:`resolve_attacker`; fitted ones are kept in ``out``, default ``<checkpoint>_attack``). With an attack the
-    result is also written there as JSON.
+    :func:`resolve_attacker`; fitted ones are kept in ``out``, default ``<checkpoint>_attack``; ``fit_budget`` the
+    attacked steps per fitting episode, default WALL's training budget). With an attack the result is also written
+    there as JSON.
     """
     import json
     import sys
@@ -314,7 +321,8 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
                 group.sync_weights(from_worker_or_learner_group=algorithm.learner_group, inference_only=True)
             if spec is not None and spec["name"] == "wolfpack":
                 fit_seed = int(config.seed) if config.seed is not None else 0
-                model, attacker_info = resolve_attacker(algorithm, config, cls, folder, fit_steps, refit, fit_seed, log)
+                model, attacker_info = resolve_attacker(algorithm, config, cls, folder, fit_steps, refit, fit_seed, log,
+                                                                 fit_budget)
                 if model is not None:
                     algorithm.eval_env_runner_group.local_env_runner.attack.set_qdiff_transformer(model)
             which = ("natural", "attacked") if spec is not None else ("natural",)

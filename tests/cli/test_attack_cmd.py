@@ -93,6 +93,24 @@ def test_wolfpack_fits_then_reuses_then_refits(qmix_checkpoint, tmp_path, capsys
     assert fourth["attacked"] == att
 
 
+def test_fit_budget_is_the_fitting_episodes_budget(qmix_checkpoint, tmp_path):
+    """``fit_budget`` (benchmarks/robustness.py --train-budget) replaces the training budget 12 of the fit, and a saved
+    attacker fitted with another budget is not reused."""
+    from marlx.cli.evaluate import evaluate_checkpoint
+
+    lines = []
+    kw = dict(attack="wolfpack", budget=2, episodes=2, seed=7, fit_steps=420, out=str(tmp_path), log=lines.append)
+    first = evaluate_checkpoint(qmix_checkpoint, fit_budget=3, **kw)
+    assert first["attacker"]["source"] == "fitted" and first["attacker"]["fit_budget"] == 3
+    assert any("(budget 3)" in line for line in lines), lines
+    lines.clear()
+    second = evaluate_checkpoint(qmix_checkpoint, fit_budget=5, **kw)
+    assert second["attacker"]["source"] == "fitted" and second["attacker"]["fit_budget"] == 5
+    assert any("with budget 3, 420 env steps with budget 5 asked: fitting again" in line for line in lines), lines
+    third = evaluate_checkpoint(qmix_checkpoint, fit_budget=5, **kw)
+    assert third["attacker"]["source"] == "reused"
+
+
 def test_random_attack_table(qmix_checkpoint, tmp_path, capsys):
     assert marlx_cmd.main(["attack", qmix_checkpoint, "--attack", "random", "--budget", "2", "--episodes", "3",
                            "--seed", "1", "--attacker-dir", str(tmp_path)]) == 0
