@@ -128,14 +128,15 @@ def run_seed(args, seed: int) -> dict:
     return partial
 
 
-def success(part: dict, key: str, field: str = "success_rate") -> float:
+def stat(part: dict, key: str, field: str = "success_rate") -> float:
+    """One evaluation figure (success rate by default, or e.g. ``length_mean``) of a stage; NaN if it did not run."""
     return float(part[key][field]) if key in part else float("nan")
 
 
 def verdict(per_seed: list[dict]) -> dict:
     """Means over seeds (NaN where a stage did not run) and the three checks of the expected shape."""
     def m(model: str, key: str, field: str = "success_rate") -> float:
-        vals = [success(r.get(model, {}), key, field) for r in per_seed]
+        vals = [stat(r.get(model, {}), key, field) for r in per_seed]
         vals = [v for v in vals if v == v]
         return float(np.mean(vals)) if vals else float("nan")
 
@@ -166,8 +167,8 @@ def report(per_seed: list[dict], args) -> dict:
     for label, key, cols in (("QMIX", "qmix", ("natural", "random", "wolfpack")),
                              ("WALL", "wall", ("natural", "random", "wolfpack", "wolfpack_own"))):
         for col in cols:
-            vals = [success(r.get(key, {}), col) for r in per_seed]
-            lens = [success(r.get(key, {}), col, "length_mean") for r in per_seed]
+            vals = [stat(r.get(key, {}), col) for r in per_seed]
+            lens = [stat(r.get(key, {}), col, "length_mean") for r in per_seed]
             print(f"  {label:5} {col:13} {np.nanmean(vals) if any(v == v for v in vals) else float('nan'):.3f}"
                   f"  per seed {vals}  episode length per seed {lens}")
     return summary

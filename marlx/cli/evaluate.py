@@ -321,8 +321,8 @@ def evaluate_checkpoint(path: str, episodes: int = 10, algo: str | None = None, 
                 group.sync_weights(from_worker_or_learner_group=algorithm.learner_group, inference_only=True)
             if spec is not None and spec["name"] == "wolfpack":
                 fit_seed = int(config.seed) if config.seed is not None else 0
-                model, attacker_info = resolve_attacker(algorithm, config, cls, folder, fit_steps, refit, fit_seed, log,
-                                                                 fit_budget)
+                model, attacker_info = resolve_attacker(algorithm, config, cls, folder, fit_steps, refit, fit_seed,
+                                                        log, fit_budget=fit_budget)
                 if model is not None:
                     algorithm.eval_env_runner_group.local_env_runner.attack.set_qdiff_transformer(model)
             which = ("natural", "attacked") if spec is not None else ("natural",)

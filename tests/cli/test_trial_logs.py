@@ -34,7 +34,7 @@ def _make_trainable():
                     with open(os.path.join(d, "it.json"), "w") as f:
                         json.dump({"it": it}, f)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-                time.sleep(3.0)  # the forced experiment sync runs now (within ~0.1 s): the stored result.json holds row 1
+                time.sleep(3.0)  # the forced experiment sync runs now (within ~0.1 s): the stored file holds row 1
             else:
                 tune.report(metrics)
             if life == 1 and it == 3:

@@ -33,10 +33,6 @@ def result_rows(trial_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def exploits_short(exploits):
-    return [e[:4] for e in exploits]
-
-
 def trial_dirs(exp_dir):
     return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(exp_dir, "*", "params.json")))
 
@@ -144,4 +140,4 @@ def test_pbt_exploit_uses_the_mutated_learning_rate(tmp_path, ray_session):
             # exploited at iteration 2: from then on its config (and learner) lr is the donor's, mutated by 0.8/1.2
             lrs = [r["config"]["lr"] for r in rows]
             assert lrs[0] == pytest.approx(1e-4) and lrs[-1] != pytest.approx(1e-4), lrs
-    assert checked >= 8, (seen, exploits_short(exploits))
+    assert checked >= 8, (seen, [e[:4] for e in exploits])
