@@ -11,7 +11,10 @@ Contestants, measured side by side in this one process (one thread):
   (``env_config={"marlx_view": "multi_agent"}``), RLlib's default multi-agent sampling.
 
 The machine is shared, so the contestants run interleaved in ``--rounds`` rounds of ``--seconds`` each and the
-MEDIAN per-round ratio is reported (as benchmarks/envs.py does).
+MEDIAN per-round ratio is reported (as benchmarks/envs.py does). Beside the wall-clock rates, each contestant's
+env steps per second of this thread's CPU time (``time.thread_time``) are reported (``*_cpu`` keys): every
+contestant runs single-threaded in this thread (torch at one thread, the env runner local), so that ratio is the
+same work measured without the time other processes (and Ray's own background threads) take from the two cores.
 For 1 and 8 envs per runner it prints env steps/s and the ratios, then the replay memory of QMIX per env step
 (measured on the sampled episodes) and the projection to 5,000 episodes of GRF academy_3_vs_1_with_keeper
 (simple115 observations: 3 agents x 115, state 115, 19 actions, 150 steps). The last line is one JSON object.
@@ -44,12 +47,17 @@ class Bare:
         self.rng = np.random.default_rng(0)
         self.obs = [e.reset(seed=i)[0] for i, e in enumerate(self.envs)]
 
-    def steps_per_s(self, seconds: float) -> float:
+    def steps_per_s(self, seconds: float) -> tuple[float, float]:
         return bare_steps_per_s(self.envs, self.obs, self.rng, seconds)
 
 
-def bare_steps_per_s(envs, obs, rng, seconds: float) -> float:
-    steps, t0 = 0, time.perf_counter()
+def _rates(steps: int, t0: float, c0: float) -> tuple[float, float]:
+    """``(env steps per wall second, env steps per second of this thread's CPU time)``."""
+    return steps / (time.perf_counter() - t0), steps / max(time.thread_time() - c0, 1e-9)
+
+
+def bare_steps_per_s(envs, obs, rng, seconds: float) -> tuple[float, float]:
+    steps, t0, c0 = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - t0 < seconds:
         for i, env in enumerate(envs):
             avail = obs[i]["avail"]
@@ -58,16 +66,16 @@ def bare_steps_per_s(envs, obs, rng, seconds: float) -> float:
             if term or trunc:
                 obs[i] = env.reset()[0]
             steps += 1
-    return steps / (time.perf_counter() - t0)
+    return _rates(steps, t0, c0)
 
 
-def runner_steps_per_s(algo, seconds: float) -> float:
+def runner_steps_per_s(algo, seconds: float) -> tuple[float, float]:
     runner = algo.env_runner
-    steps, t0 = 0, time.perf_counter()
+    steps, t0, c0 = 0, time.perf_counter(), time.thread_time()
     while time.perf_counter() - t0 < seconds:
         episodes = runner.sample()
         steps += sum(len(e) for e in episodes)
-    return steps / (time.perf_counter() - t0)
+    return _rates(steps, t0, c0)
 
 
 def qmix_algo(env_name, env_config, n_envs):
@@ -150,12 +158,11 @@ def main() -> None:
             malgo.env_runner.sample()
         rows, mappo_rows = [], []
         for _ in range(args.rounds):
-            b = bare.steps_per_s(args.seconds)
-            m = runner_steps_per_s(algo, args.seconds)
-            pp = runner_steps_per_s(palgo, args.seconds) if palgo is not None else float("nan")
-            rows.append((b, m, pp))
+            (b, b_cpu), (m, m_cpu) = bare.steps_per_s(args.seconds), runner_steps_per_s(algo, args.seconds)
+            pp = runner_steps_per_s(palgo, args.seconds)[0] if palgo is not None else float("nan")
+            rows.append((b, m, pp, b_cpu, m_cpu))
             if malgo is not None:
-                mappo_rows.append((runner_steps_per_s(malgo, args.seconds), b))
+                mappo_rows.append((runner_steps_per_s(malgo, args.seconds)[0], b))
         if "replay_bytes_per_step" not in figures:  # measured on the first runner size
             figures.update(replay_figures(algo))
         algo.stop()
@@ -169,14 +176,19 @@ def main() -> None:
             figures[f"marlx_mappo_steps_per_s_{n_envs}"] = round(float(np.median(marr[:, 0])), 1)
             figures[f"marlx_mappo_over_bare_{n_envs}"] = round(mappo_over_bare, 3)
         arr = np.array(rows)
-        b, m, pp = np.median(arr, axis=0)
+        b, m, pp, b_cpu, m_cpu = np.median(arr, axis=0)
         over_bare = float(np.median(arr[:, 1] / arr[:, 0]))
+        over_bare_cpu = float(np.median(arr[:, 4] / arr[:, 3]))
         over_ppo = float(np.median(arr[:, 1] / arr[:, 2])) if palgo is not None else float("nan")
-        print(f"{n_envs:>4} {b:>9.0f} {m:>9.0f} {pp:>9.0f} {over_bare:>10.2f} {over_ppo:>9.2f}")
+        print(f"{n_envs:>4} {b:>9.0f} {m:>9.0f} {pp:>9.0f} {over_bare:>10.2f} {over_ppo:>9.2f}"
+              f"   per thread-CPU second: bare {b_cpu:.0f}, marlx {m_cpu:.0f}, marlx/bare {over_bare_cpu:.3f}")
         figures[f"bare_steps_per_s_{n_envs}"] = round(float(b), 1)
         figures[f"marlx_steps_per_s_{n_envs}"] = round(float(m), 1)
         figures[f"rllib_ppo_ma_steps_per_s_{n_envs}"] = round(float(pp), 1)
         figures[f"marlx_over_bare_{n_envs}"] = round(over_bare, 3)
+        figures[f"bare_steps_per_cpu_s_{n_envs}"] = round(float(b_cpu), 1)
+        figures[f"marlx_steps_per_cpu_s_{n_envs}"] = round(float(m_cpu), 1)
+        figures[f"marlx_over_bare_cpu_{n_envs}"] = round(over_bare_cpu, 3)
         figures[f"marlx_over_rllib_ppo_ma_{n_envs}"] = round(over_ppo, 3) if palgo is not None else None
     print(f"replay: {figures['replay_bytes_per_step']} bytes per env step on {args.env}; GRF 3v1: "
           f"{figures['grf_3v1_bytes_per_step']} bytes/step, 5000 episodes x 150 steps = "
