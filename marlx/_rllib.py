@@ -16,6 +16,34 @@ def set_tuner_callbacks(tuner, callbacks: list) -> None:
     tuner._local_tuner._run_config.callbacks = list(callbacks)
 
 
+def upload_longer_trial_files(trial, names) -> list[str]:
+    """Upload each of a trial's driver-side (staging) files ``names`` to its storage path where the staging copy is
+    the longer one (or the stored one is missing); returns the names uploaded.
+
+    Ray 2.60: a Tune ``Trial`` keeps its staging directory at ``trial.local_path`` and its storage location in the
+    private ``trial.storage`` (a ``StorageContext``: ``storage_filesystem``, ``trial_fs_path``).
+    """
+    import os
+
+    import pyarrow.fs
+
+    if not trial.local_path:
+        return []
+    fs = trial.storage.storage_filesystem
+    uploaded = []
+    for name in names:
+        local = os.path.join(trial.local_path, name)
+        if not os.path.isfile(local):
+            continue
+        remote = f"{trial.storage.trial_fs_path}/{name}"
+        stored = fs.get_file_info(remote)
+        if stored.type == pyarrow.fs.FileType.File and stored.size >= os.path.getsize(local):
+            continue
+        pyarrow.fs.copy_files(local, remote, destination_filesystem=fs)
+        uploaded.append(name)
+    return uploaded
+
+
 def translate_config_key(algo_config, key: str) -> str:
     """The attribute name that ``AlgorithmConfig.update_from_dict`` writes ``key`` to (old names translated).
 
@@ -38,6 +66,16 @@ def module_forward(module, batch: dict, explore: bool, t: int) -> dict:
     if explore:
         return module._forward_exploration(batch, t=t)
     return module._forward_inference(batch)
+
+
+def registered_env_creator(name: str):
+    """The env creator registered under ``name`` with ``tune.register_env`` (None when there is none).
+
+    Ray 2.60: Tune has no public lookup; RLlib's own env runners read the private ``ray.tune.registry._global_registry``.
+    """
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    return _global_registry.get(ENV_CREATOR, name) if _global_registry.contains(ENV_CREATOR, name) else None
 
 
 def parallel_sample(env_runner_group, sample_timeout_s):

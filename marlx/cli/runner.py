@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from marlx._rllib import set_tuner_callbacks
+from marlx._rllib import set_tuner_callbacks, upload_longer_trial_files
 from marlx.cli.experiment import Experiment
 from marlx.errors import MarlxError
 
@@ -293,20 +293,8 @@ def _keep_trial_logs_callback():
         FILES = ("result.json", "progress.csv")
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if not trial.checkpoint or not trial.local_path:
-                return
-            import pyarrow.fs
-
-            fs = trial.storage.storage_filesystem
-            for name in self.FILES:
-                local = os.path.join(trial.local_path, name)
-                if not os.path.isfile(local):
-                    continue
-                remote = f"{trial.storage.trial_fs_path}/{name}"
-                stored = fs.get_file_info(remote)
-                if stored.type == pyarrow.fs.FileType.File and stored.size >= os.path.getsize(local):
-                    continue
-                pyarrow.fs.copy_files(local, remote, destination_filesystem=fs)
+            if trial.checkpoint:
+                upload_longer_trial_files(trial, self.FILES)
 
     return KeepTrialLogs()
 

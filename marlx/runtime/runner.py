@@ -66,9 +66,8 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_SAMPLED_LIFETIME,
     WEIGHTS_SEQ_NO,
 )
-from ray.tune.registry import ENV_CREATOR, _global_registry
 
-from marlx._rllib import module_forward
+from marlx._rllib import module_forward, registered_env_creator
 from marlx.attacks.base import ATTACK_KEY, AttackContext, make_attack
 from marlx.runtime.columns import ATTACKED, AVAIL, STATE_OUT_PREFIX
 from marlx.runtime.episode import TeamEpisode
@@ -225,8 +224,8 @@ class TeamEnvRunner(EnvRunner, Checkpointable):
         env = self.config.env
         if not env:
             raise ValueError("config.env is not set: call config.environment('<env name>')")
-        if isinstance(env, str) and _global_registry.contains(ENV_CREATOR, env):
-            creator = _global_registry.get(ENV_CREATOR, env)
+        creator = registered_env_creator(env) if isinstance(env, str) else None
+        if creator is not None:
             return (lambda: creator(env_ctx)), (lambda n: creator(env_ctx | {"num_envs": n}))
         if callable(env):
             return (lambda: env(env_ctx)), (lambda n: env(env_ctx | {"num_envs": n}))
