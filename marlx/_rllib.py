@@ -6,6 +6,8 @@ this file is the one to check; nothing else in marlx reaches into private attrib
 
 from __future__ import annotations
 
+import os
+
 
 def set_tuner_callbacks(tuner, callbacks: list) -> None:
     """Replace the callbacks of a restored ``tune.Tuner``.
@@ -23,8 +25,6 @@ def upload_longer_trial_files(trial, names) -> list[str]:
     Ray 2.60: a Tune ``Trial`` keeps its staging directory at ``trial.local_path`` and its storage location in the
     private ``trial.storage`` (a ``StorageContext``: ``storage_filesystem``, ``trial_fs_path``).
     """
-    import os
-
     import pyarrow.fs
 
     if not trial.local_path:
