@@ -17,6 +17,8 @@ from marlx.envs.registry import env_names, get_spec  # noqa: E402
 from marlx.envs.smax import SMAX_MAPS, STOP_ACTION, SMAXTeamEnv, SMAXVectorTeamEnv  # noqa: E402
 
 MARINE_RANGE = 5.0  # SMAX unit_type_attack_ranges[marine]
+MARINE_COOLDOWN = 0.61  # SMAX unit_type_weapon_cooldowns[marine]
+MAP_SIZE = 32.0  # 3m's map_width and map_height
 N_MOVE = 5  # 4 moves + stop, then one attack action per enemy
 
 
@@ -68,11 +70,55 @@ def test_shapes_spaces_and_state_names(env):
 
 
 def _unit_features(env, state):
-    """(health, x, y) of every unit from the named world state."""
+    """(health, x, y) of every unit from the named world state, x and y back in map units (the state holds
+    ``(x - 16) / 32`` for live units, SMAC's scaling)."""
     names = env.state_names
     n_units = 6
     get = lambda u, f: state[names.index(f"unit{u}_{f}")]  # noqa: E731
-    return np.array([[get(u, "health"), get(u, "position_x"), get(u, "position_y")] for u in range(n_units)])
+    return np.array([[get(u, "health"), get(u, "position_x") * MAP_SIZE + MAP_SIZE / 2,
+                      get(u, "position_y") * MAP_SIZE + MAP_SIZE / 2] for u in range(n_units)])
+
+
+def test_state_is_scaled_as_smac_scales_it(env):
+    """The default state is JaxMARL's world_state with SMAC's scaling, checked value by value against the raw one
+    (``state_normalise=False``) on the same seed and actions: positions ``(x - 16) / 32``, remaining cooldown over
+    the marine's 0.61 s (JaxMARL's negative cooldowns clipped at 0), dead units all zero, the rest unchanged."""
+    raw_env = SMAXTeamEnv("3m", state_normalise=False)
+    assert raw_env.core is not env.core
+    names = env.state_names
+    col = {f: [names.index(f"unit{u}_{f}") for u in range(6)] for f in ("health", "position_x", "position_y",
+                                                                          "weapon_cooldown")}
+    obs, _ = env.reset(seed=4)
+    raw, _ = raw_env.reset(seed=4)
+    rng = np.random.default_rng(4)
+    saw = {"dead": False, "negative_raw_cooldown": False, "cooling": False}
+    for _ in range(120):
+        s, r = obs["state"], raw["state"]
+        np.testing.assert_array_equal(obs["obs"], raw["obs"])
+        alive = r[col["health"]] > 0
+        for u in range(6):
+            if not alive[u]:
+                saw["dead"] = True
+                own = [i for i, n in enumerate(names) if n.startswith(f"unit{u}_") and not n.endswith(("_team", "_type"))]
+                assert len(own) == 10 and not s[own].any()
+                continue
+            assert s[col["position_x"][u]] == pytest.approx((r[col["position_x"][u]] - 16.0) / 32.0, abs=1e-5)
+            assert s[col["position_y"][u]] == pytest.approx((r[col["position_y"][u]] - 16.0) / 32.0, abs=1e-5)
+            cd = r[col["weapon_cooldown"][u]]
+            saw["negative_raw_cooldown"] |= bool(cd < 0)
+            saw["cooling"] |= bool(cd > 0)
+            assert s[col["weapon_cooldown"][u]] == pytest.approx(max(cd, 0.0) / MARINE_COOLDOWN, abs=1e-5)
+            assert s[col["health"][u]] == r[col["health"][u]]
+        np.testing.assert_array_equal(s[-12:], r[-12:])  # teams and unit types
+        assert np.abs(s).max() <= 1.0 + 2 / 16 / MARINE_COOLDOWN  # cooldown can exceed its type's by 2/16 s
+        actions = random_actions(rng, obs["avail"])
+        obs, rew, term, trunc, _ = env.step(actions)
+        raw, raw_rew, *_ = raw_env.step(actions)
+        assert rew == raw_rew
+        if term or trunc:
+            obs, _ = env.reset()
+            raw, _ = raw_env.reset()
+    assert all(saw.values()), saw
 
 
 def test_masks_follow_range_and_death(env):
