@@ -90,6 +90,10 @@ def add_evaluate_args(p: argparse.ArgumentParser, algo_flags: tuple[str, ...] = 
                    help="render the greedy episodes to PATH (.mp4 or .gif) instead: they are played in this process, "
                         "the numbers printed are theirs")
     p.add_argument("--fps", type=float, default=4.0, help="frames per second of --video (default 4)")
+    p.add_argument("--trace", action="store_true",
+                   help="print every step of the greedy episodes instead (played in this process, no Ray): each "
+                        "agent's action by name, the reward and the return, and how each episode ended "
+                        "(with --json: one JSON object)")
 
 
 def add_attacker_args(p: argparse.ArgumentParser) -> None:
@@ -145,11 +149,34 @@ def file_with_overrides(path: str, args: argparse.Namespace) -> dict:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    if args.video and getattr(args, "trace", False):
+        from marlx.errors import MarlxError
+
+        raise MarlxError("--video and --trace each play their own episodes: pass one of them")
     if args.video:
         return video_and_print(args)
+    if getattr(args, "trace", False):
+        return trace_and_print(args)
     return evaluate_and_print(args.checkpoint, args.episodes, args.algo, args.address, args.json,
                               attack=args.attack, budget=args.budget, seed=args.seed, fit_steps=args.fit_steps,
                               refit=args.refit, out=args.attacker_dir)
+
+
+def trace_and_print(args: argparse.Namespace) -> int:
+    """``evaluate --trace``: greedy episodes played here (no Ray), printed step by step."""
+    from marlx.cli.evaluate import check_checkpoint_files, find_checkpoint
+    from marlx.errors import MarlxError
+    from marlx.render.play import format_trace, trace_episodes
+
+    if args.episodes < 1:
+        raise MarlxError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.budget is not None and args.budget < 0:
+        raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {args.budget}")
+    check_checkpoint_files(find_checkpoint(args.checkpoint))
+    res = trace_episodes(args.checkpoint, episodes=args.episodes, seed=args.seed or 0, algo=args.algo,
+                         attack=args.attack, budget=args.budget)
+    print(json.dumps(res) if args.json else format_trace(res))
+    return 0
 
 
 def video_and_print(args: argparse.Namespace) -> int:

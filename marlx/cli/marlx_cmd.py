@@ -4,7 +4,7 @@
     marlx tune tuned_examples/qmix/push_box_search.yaml [EXPERIMENT ...] [--resume] [--num-samples N] [--summary DIR]
     marlx envs
     marlx algos
-    marlx evaluate CHECKPOINT [--episodes N] [--video greedy.mp4 [--fps F]]
+    marlx evaluate CHECKPOINT [--episodes N] [--video greedy.mp4 [--fps F] | --trace]
     marlx attack CHECKPOINT --attack wolfpack|random [--budget K] [--episodes 32] [--fit-steps N] [--refit] [--json]
     marlx plot RUN_DIR... [--metric success_rate] [--x env_steps] [--out curves.png]
     marlx report RUN_DIR... [--metric success_rate] [--x env_steps] [--threshold T] [--out report.md]

@@ -44,6 +44,9 @@ class TeamEnv(gym.Env):
     episode_limit: int
     position_dim: int = 0
     state_names: list[str] | None = None
+    #: Names of the actions by index (e.g. ``["stay", "up", ...]``), used where episodes are printed
+    #: (``marlx evaluate --trace``); None prints action indices.
+    action_names: list[str] | None = None
     #: Whether ``info`` carries ``success`` (False: the task has no success criterion; no success rate is logged).
     reports_success: bool = True
 

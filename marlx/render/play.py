@@ -40,6 +40,11 @@ class EpisodeRecord:
     #: steps at which at least one agent's action was replaced by an attack
     attacked_steps: int = 0
     frames: list = field(default_factory=list)
+    #: how it ended: "success", "terminated", "time limit" or "max steps"
+    outcome: str = ""
+    #: with ``play(trace=True)``: one dict per step (``t``, executed ``actions``, ``attacked`` agents, ``reward``,
+    #: ``return``)
+    steps: list = field(default_factory=list)
 
 
 def team_forward(module, obs: dict, state_in: dict | None, n_agents: int, with_outputs: bool = False):
@@ -184,8 +189,9 @@ class CheckpointPlayer:
         return executed, attacked
 
     def play(self, episodes: int = 1, seed: int = 0, render: bool = True, action_hook: ActionHook | None = None,
-             max_steps: int | None = None, attack: dict | None = None) -> list[EpisodeRecord]:
-        """Play ``episodes`` greedy episodes (episode ``k`` reset with ``seed + k``); frames when ``render``.
+             max_steps: int | None = None, attack: dict | None = None, trace: bool = False) -> list[EpisodeRecord]:
+        """Play ``episodes`` greedy episodes (episode ``k`` reset with ``seed + k``); frames when ``render``, every
+        step's actions and reward in ``EpisodeRecord.steps`` when ``trace``.
 
         ``attack``: an attack spec (``{"name": ..., **options}``) run at the action-time seam of every step;
         attacked steps and agents are marked in the frames and counted in ``EpisodeRecord.attacked_steps``."""
@@ -224,6 +230,11 @@ class CheckpointPlayer:
                 rec.ret += float(reward)
                 rec.length += 1
                 done = terminated or truncated or (max_steps is not None and rec.length >= max_steps)
+                if trace:
+                    hit = np.zeros(len(actions), bool) if attacked is None else np.asarray(attacked, bool).reshape(-1)
+                    rec.steps.append({"t": rec.length, "actions": [int(a) for a in actions],
+                                      "attacked": [int(i) for i in np.flatnonzero(hit)],
+                                      "reward": float(reward), "return": rec.ret})
                 if render:
                     lines = [f"{head} | step {rec.length}", f"reward {reward:+.2f} | return {rec.ret:.2f}"]
                     if done:
@@ -232,12 +243,61 @@ class CheckpointPlayer:
                     rec.frames.append(add_caption(frame(self.team, attacked, actions=actions), lines, attacked))
                 if done:
                     rec.success = bool(info.get("success", False))
+                    rec.outcome = ("success" if rec.success else "terminated" if terminated else
+                                   "time limit" if truncated else "max steps")
                     break
             records.append(rec)
         return records
 
     def close(self) -> None:
         self.team.close()
+
+
+def trace_episodes(checkpoint: str, episodes: int = 1, seed: int = 0, algo: str | None = None,
+                   attack: str | None = None, budget: int | None = None) -> dict:
+    """Play greedy episodes of ``checkpoint`` here (no Ray) and return every step: what the policy does.
+
+    Returns ``{"checkpoint", "algorithm", "env", "action_names", "attack", "episodes": [{"return", "length",
+    "success", "outcome", "steps": [{"t", "actions", "attacked", "reward", "return"}]}]}``; ``action_names`` is the
+    env's names of its actions (``TeamEnv.action_names``) or None; ``attack`` the attack spec or None. The
+    attack options are those of :func:`record_video`."""
+    player = CheckpointPlayer(checkpoint, algo=algo, render=False)
+    spec = None
+    if attack not in (None, "none"):
+        from marlx.cli.evaluate import attack_spec
+
+        spec = attack_spec(attack, budget, player.algo_class)
+    try:
+        records = player.play(episodes, seed=seed, render=False, attack=spec, trace=True)
+        names = getattr(player.team, "action_names", None)
+    finally:
+        player.close()
+    return {
+        "checkpoint": player.path, "algorithm": player.algo_class.__name__, "env": player.env_name,
+        "action_names": None if names is None else list(names), "attack": spec, "seed": seed,
+        "episodes": [{"return": r.ret, "length": r.length, "success": r.success, "outcome": r.outcome,
+                      "steps": r.steps} for r in records],
+    }
+
+
+def format_trace(res: dict) -> str:
+    """``trace_episodes``'s result as a table per episode: step, each agent's action (by name; ``*`` marks an
+    attacked agent), reward and return, and how the episode ended."""
+    names = res.get("action_names")
+    lines = []
+    n = len(res["episodes"])
+    for k, ep in enumerate(res["episodes"]):
+        head = f"{res['algorithm']} on {res['env']}: greedy episode {k + 1}/{n} (reset seed {res['seed'] + k})"
+        if res.get("attack"):
+            head += f", attacked by {res['attack']['name']}"
+        lines.append(head)
+        lines.append(f"  {'step':>4}  {'actions (agent 0, 1, ...)':<44} {'reward':>8} {'return':>8}")
+        for st in ep["steps"]:
+            acts = ", ".join((names[a] if names is not None and a < len(names) else str(a))
+                             + ("*" if i in st["attacked"] else "") for i, a in enumerate(st["actions"]))
+            lines.append(f"  {st['t']:>4}  {acts:<44} {st['reward']:>+8.3f} {st['return']:>8.3f}")
+        lines.append(f"  ended after {ep['length']} steps: {ep['outcome']}, return {ep['return']:.3f}")
+    return "\n".join(lines)
 
 
 def record_video(checkpoint: str, path: str, episodes: int = 1, fps: float = 4.0, seed: int = 0,

@@ -1,5 +1,5 @@
-"""Videos of greedy episodes from tiny real checkpoints (QMIX on push_box, predator_prey, MPE; SMAX and GRF when
-installed), through the player and through `marlx evaluate --video`."""
+"""Videos and printed traces of greedy episodes from tiny real checkpoints (QMIX on push_box, predator_prey, MPE; SMAX
+and GRF when installed), through the player and through `marlx evaluate --video` / `--trace`."""
 
 import importlib.util
 import json
@@ -115,6 +115,48 @@ def test_evaluate_video_command(checkpoints, tmp_path, capsys):
                            "--budget", "-1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--budget must be >= 0" in err
+
+
+def test_evaluate_trace_prints_the_episodes_played(checkpoints, capsys):
+    """`marlx evaluate --trace` prints what the policy did: replaying its printed joint actions in a fresh env from
+    the same seeds gives exactly its printed rewards, returns, lengths and endings; the table names the actions."""
+    from marlx.cli import marlx_cmd
+    from marlx.envs import make_env
+
+    ckpt, env_name = checkpoints["builtin/predator_prey"], "builtin/predator_prey"
+    assert marlx_cmd.main(["evaluate", ckpt, "--trace", "--episodes", "2", "--seed", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["algorithm"] == "QMIX" and res["env"] == env_name and len(res["episodes"]) == 2
+    assert res["action_names"] == ["stay", "up", "down", "left", "right"]
+    env = make_env(env_name, **ENVS[env_name])
+    for k, ep in enumerate(res["episodes"]):
+        env.reset(seed=3 + k)
+        assert len(ep["steps"]) == ep["length"] >= 1
+        ret = 0.0
+        for i, st in enumerate(ep["steps"]):
+            assert st["t"] == i + 1 and st["attacked"] == []
+            _, r, term, trunc, info = env.step(np.array(st["actions"]))
+            ret += r
+            assert st["reward"] == pytest.approx(r) and st["return"] == pytest.approx(ret)
+            assert (term or trunc) == (i == len(ep["steps"]) - 1)
+        expected = "success" if info["success"] else "terminated" if term else "time limit"
+        assert ep["outcome"] == expected and ep["success"] == info["success"] and ep["return"] == pytest.approx(ret)
+    assert marlx_cmd.main(["evaluate", ckpt, "--trace", "--episodes", "1", "--seed", "3"]) == 0
+    text = capsys.readouterr().out
+    first = res["episodes"][0]
+    assert f"greedy episode 1/1 (reset seed 3)" in text and f"ended after {first['length']} steps" in text
+    names = ", ".join(res["action_names"][a] for a in first["steps"][0]["actions"])
+    assert f"   1  {names}" in text
+    # an attack marks the agents it hit, and spends at most its budget of attacked steps
+    assert marlx_cmd.main(["evaluate", ckpt, "--trace", "--episodes", "2", "--attack", "random", "--budget", "2",
+                           "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["attack"]["name"] == "random"
+    for ep in res["episodes"]:
+        assert sum(bool(st["attacked"]) for st in ep["steps"]) <= 2
+    code = marlx_cmd.main(["evaluate", ckpt, "--trace", "--video", "x.gif"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "pass one of them" in err
 
 
 @pytest.mark.parametrize("name", ["random", "wolfpack"])

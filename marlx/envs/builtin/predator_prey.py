@@ -73,6 +73,7 @@ class PredatorPreyEnv(TeamEnv):
         self.prey_move_prob = prey_move_prob
         self.episode_limit = episode_limit
         self.n_actions = 5
+        self.action_names = ["stay", "up", "down", "left", "right"]
         w = 2 * obs_radius + 1
         self.obs_dim = 3 * w * w + 2
         self.state_dim = 2 * n_predators + 3 * n_prey

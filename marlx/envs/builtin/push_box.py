@@ -103,6 +103,7 @@ class PushBoxEnv(TeamEnv):
         self.require_all_boxes = (not paper) if require_all_boxes is None else bool(require_all_boxes)
         self._state_flags = not paper  # strict mode's state carries box{j}_delivered
         self.n_actions = 5
+        self.action_names = ["stay", "up", "down", "left", "right"]
         self.obs_dim = 2 + 3 * n_boxes + 2 * (n_agents - 1)
         self.state_dim = 2 * n_agents + (3 if self._state_flags else 2) * n_boxes
         self.position_dim = 2
