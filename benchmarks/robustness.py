@@ -13,7 +13,7 @@ Per seed (seeds run side by side as Ray tasks, one CPU each):
 4. the WALL checkpoint evaluated the same way: natural, random, Wolfpack with an attacker fitted against the
    frozen WALL policy (the same protocol as for QMIX), and Wolfpack with WALL's own co-trained attacker.
 
-Writes ``<out>/robustness_predator_prey.json`` (per seed and mean) and prints a table; the last line printed is
+Writes ``<out>/robustness_<task>.json`` (e.g. ``robustness_predator_prey.json``; per seed and mean) and prints a table; the last line printed is
 one JSON object. The expected shape (paper: QMIX 98.7% -> 39.4% under Wolfpack; WALL 93.4%): Wolfpack's drop
 >= 2x random's; WALL under Wolfpack recovers at least half of QMIX's drop with natural success within 5 points.
 
@@ -103,6 +103,8 @@ def run_seed(args, seed: int) -> dict:
     exp = load_example(args.example)
     if args.env_config:
         exp["config"]["env_config"] = {**exp["config"].get("env_config", {}), **json.loads(args.env_config)}
+    if args.override:
+        exp["config"].update(json.loads(args.override))
     base = os.path.join(args.out, "robustness_runs", f"seed{seed}")
     os.makedirs(base, exist_ok=True)
     t0 = time.perf_counter()
@@ -188,6 +190,9 @@ def main() -> None:
                         "budget (default: WALL's, 12 for QMIX; scale it down for tasks with short episodes)")
     p.add_argument("--env-config", default=None,
                    help="JSON merged into the example's env_config, e.g. '{\"episode_limit\": 15}' for time pressure")
+    p.add_argument("--override", default=None,
+                   help="JSON config keys that replace the example's for QMIX and WALL alike, e.g. "
+                        "'{\"num_env_runners\": 0}' (each seed is a Ray task holding one CPU)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--summarize", action="store_true",
                    help="only read the per-seed stages of an earlier (possibly cut short) run under --out")
@@ -213,7 +218,7 @@ def main() -> None:
     ray.shutdown()
     summary = report(per_seed, args)
     out = {"args": vars(args), "summary": summary, "per_seed": per_seed, "wall_s": round(time.perf_counter() - t0, 1)}
-    path = os.path.join(args.out, "robustness_predator_prey.json")
+    path = os.path.join(args.out, f"robustness_{load_example(args.example)['env'].split('/')[-1]}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     print(f"  results: {path}")

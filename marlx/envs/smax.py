@@ -332,6 +332,7 @@ class SMAXVectorTeamEnv(gym.vector.VectorEnv):
         self.map_name, self.reward_mode = map_name, reward
         self.num_envs = int(num_envs)
         self.n_agents = core.n_allies
+        self.state_names = core.state_names
         spaces = {
             OBS: gym.spaces.Box(-np.inf, np.inf, (core.n_allies, core.obs_dim), np.float32),
             STATE: gym.spaces.Box(-np.inf, np.inf, (core.state_dim,), np.float32),

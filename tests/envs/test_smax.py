@@ -222,7 +222,7 @@ def test_dense_reward_counts_damage(env):
 def test_vector_env_matches_unbatched_envs(env):
     seeds = [21, 22, 23]
     venv = SMAXVectorTeamEnv(3, "3m")
-    assert venv.core is env.core
+    assert venv.core is env.core and venv.state_names == env.state_names
     vobs, vinfo = venv.reset(seed=seeds)
     assert venv.observation_space.contains(vobs)
     singles = [SMAXTeamEnv("3m") for _ in seeds]
