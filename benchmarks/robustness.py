@@ -122,7 +122,8 @@ def run_seed(args, seed: int) -> dict:
     for which in ("random", "wolfpack"):
         stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"), which))
     budget = {} if args.train_budget is None else {"num_attack_train": args.train_budget}
-    wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"], **budget)
+    wall_extra = json.loads(args.wall_override) if args.wall_override else {}
+    wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"], **budget, **wall_extra)
     wall = train(wall_cfg, args.wall_steps, os.path.join(base, "wall"))
     stage("wall", wall)
     for which in ("wolfpack_own", "wolfpack", "random"):
@@ -193,6 +194,8 @@ def main() -> None:
     p.add_argument("--override", default=None,
                    help="JSON config keys that replace the example's for QMIX and WALL alike, e.g. "
                         "'{\"num_env_runners\": 0}' (each seed is a Ray task holding one CPU)")
+    p.add_argument("--wall-override", default=None,
+                   help="JSON WALL training keys for the WALL stage only, e.g. '{\"attack_train_episode_prob\": 0.5}'")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--summarize", action="store_true",
                    help="only read the per-seed stages of an earlier (possibly cut short) run under --out")

@@ -72,6 +72,10 @@ DEFAULTS: dict[str, Any] = {
     "store_hidden": False,
     #: released quirks: planner time steps t..t+19 for t >= 20; follow-up Q from h_t and the executed last action
     "wall_faithful": False,
+    #: [marlx, not in the paper or the released code, where every episode is attacked] probability that an
+    #: episode is attacked at all, drawn at its start; an episode not drawn gets budget 0 (the bookkeeping runs,
+    #: nothing is executed). WALL's ``attack_train_episode_prob`` sets it for training episodes only.
+    "episode_prob": 1.0,
 }
 
 SCHEDULES = ("planner", "random")
@@ -93,6 +97,7 @@ class WolfpackAttack(Attack):
         require(isinstance(o["followup_lr"], (int, float)) and o["followup_lr"] > 0, "wolfpack", "followup_lr",
                 "a number > 0", o["followup_lr"])
         check_prob("wolfpack", "random_start_prob", o["random_start_prob"])
+        check_prob("wolfpack", "episode_prob", o["episode_prob"])
         require(o["schedule"] in SCHEDULES, "wolfpack", "schedule", "one of " + ", ".join(SCHEDULES), o["schedule"])
         for key in ("init_agent_random", "followup_l2", "store_hidden", "wall_faithful"):
             require(isinstance(o[key], bool), "wolfpack", key, "true or false", o[key])
@@ -102,6 +107,7 @@ class WolfpackAttack(Attack):
         self.check_options(self.options)
         o = self.opts = merge_options("wolfpack", self.options, DEFAULTS)
         self.budget = int(o["budget"])
+        self.episode_prob = float(o["episode_prob"])
         self.duration = int(o["attack_duration"])
         self.m = clamp_group_size(o["num_followup_agents"], n_agents)
         self.faithful = bool(o["wall_faithful"])
@@ -109,6 +115,7 @@ class WolfpackAttack(Attack):
         e, n = self.num_envs, self.n_agents
         self.flag = np.full(e, self.duration, dtype=np.int64)
         self.count = np.zeros(e, dtype=np.int64)
+        self.episode_budget = np.full(e, self.budget, dtype=np.int64)  # 0 in an episode not drawn for attack
         self.last_initial = np.zeros(e, dtype=np.int64)
         self.initial = np.full(e, n, dtype=np.int64)           # n: no initial agent yet
         self.previous_initial = np.full(e, n, dtype=np.int64)
@@ -121,6 +128,8 @@ class WolfpackAttack(Attack):
         n = self.n_agents
         self.flag[env_index] = self.duration
         self.count[env_index] = 0
+        if self.episode_prob < 1.0:  # (no draw at the default: the attack's random stream stays the released one)
+            self.episode_budget[env_index] = self.budget if self.rng.random() < self.episode_prob else 0
         self.last_initial[env_index] = 0
         self.initial[env_index] = n
         self.previous_initial[env_index] = n
@@ -179,7 +188,7 @@ class WolfpackAttack(Attack):
                 executed[row, g] = attack_actions[row, g]
                 self.flag[env] = self.duration if self.flag[env] <= 0 else self.flag[env] - 1
                 self.count[env] += 1
-            if self.count[env] > self.budget:
+            if self.count[env] > self.episode_budget[env]:
                 executed[row] = intended[row]
 
         groups = self._followup(ctx, envs, intended, attack_actions, q)
@@ -266,7 +275,8 @@ class WolfpackAttack(Attack):
         return groups
 
     # -- checkpointing -------------------------------------------------------------------------
-    _ARRAYS = ("flag", "count", "last_initial", "initial", "previous_initial", "group", "prev_executed")
+    _ARRAYS = ("flag", "count", "last_initial", "initial", "previous_initial", "group", "prev_executed",
+               "episode_budget")
 
     def get_state(self) -> dict:
         state = super().get_state()

@@ -33,6 +33,12 @@ def test_registered_and_paper_defaults():
     eval_cfg = cfg.get_evaluation_config_object()
     assert eval_cfg.attack["budget"] == 8 and eval_cfg.explore is False
     assert cfg.copy().attack == cfg.attack
+    assert cfg.attack_train_episode_prob == 1.0 and "episode_prob" not in cfg.attack  # the paper: every episode
+    part = WALL.get_default_config().training(attack_train_episode_prob=0.25)
+    assert part.attack["episode_prob"] == 0.25 and part.attack["budget"] == 12
+    assert "episode_prob" not in part.get_evaluation_config_object().attack  # test episodes: always attacked
+    with pytest.raises(ValueError, match="attack_train_episode_prob"):
+        WALL.get_default_config().training(attack_train_episode_prob=2.0).validate()
     assert (cfg.lr, cfg.target_update_interval_episodes, cfg.buffer_size, cfg.batch_size_episodes) == (5e-4, 200, 5000, 32)
 
 

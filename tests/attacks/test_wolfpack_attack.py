@@ -155,8 +155,41 @@ def test_planner_schedule_needs_a_qdiff_transformer():
         Driver(module, attack).step()
 
 
+def test_episode_prob_attacks_that_fraction_of_episodes_and_spares_the_rest():
+    """[marlx option] ``episode_prob`` p: an episode is attacked (within its budget) with probability p, drawn at
+    its start; the others execute every intended action while the bookkeeping runs on."""
+    module = make_module(n=3)
+    attack = wolfpack(n=3, budget=4, episode_prob=0.5)
+    drv = Driver(module, attack)
+    attacked_episodes = 0
+    for episode in range(120):
+        attack.begin_episode(0)
+        drv.t[:] = 0
+        steps = []
+        for _ in range(8):
+            intended, executed, ex, _ = drv.step()
+            steps.append(bool(ex[ATTACKED][0].any()))
+            if not attack.episode_budget[0]:
+                assert np.array_equal(executed, intended)
+        assert sum(steps) <= 4
+        if attack.episode_budget[0]:
+            assert steps[0] and sum(steps) == 4  # ALWAYS starts at once: the whole budget is spent
+            attacked_episodes += 1
+        else:
+            assert not any(steps) and attack.count[0] > 0  # counted, never executed
+    assert 45 <= attacked_episodes <= 75  # Binomial(120, 0.5): mean 60, sd 5.5
+    never = wolfpack(n=3, budget=4, episode_prob=0.0)
+    drv = Driver(module, never)
+    assert not any(drv.step()[2][ATTACKED].any() for _ in range(8))
+    # the default draws nothing at the episode start: the attack's random stream is the released one's
+    a, b = wolfpack(n=3, budget=4), wolfpack(n=3, budget=4)
+    a.begin_episode(0)
+    assert a.rng.bit_generator.state == b.rng.bit_generator.state and a.episode_budget[0] == 4
+
+
 @pytest.mark.parametrize("options, word", [({"budget": -2}, "budget"), ({"schedule": "sometimes"}, "schedule"),
-                                           ({"temperature": 0}, "temperature"), ({"duration": 3}, "duration")])
+                                           ({"temperature": 0}, "temperature"), ({"duration": 3}, "duration"),
+                                           ({"episode_prob": 1.5}, "episode_prob")])
 def test_bad_options(options, word):
     with pytest.raises(ValueError, match=word):
         make_attack({"name": "wolfpack", **options}, 1, 3, 4)

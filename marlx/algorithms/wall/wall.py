@@ -36,7 +36,7 @@ BUDGET_PRESETS = {"qmix": (12, 8), "vdn": (16, 12)}
 _WALL_OPTIONS = (
     "num_attack_train", "num_attack_test", "attack_duration", "temperature", "num_followup_agents",
     "init_agent_random", "followup_l2", "init_attack_step_method", "wall_planning_lr", "wall_qdiff_lr",
-    "wall_faithful", "restore_from", "test_attack", *WALL_MODEL_DEFAULTS,
+    "wall_faithful", "restore_from", "test_attack", "attack_train_episode_prob", *WALL_MODEL_DEFAULTS,
 )
 
 
@@ -78,6 +78,11 @@ class WALLConfig(QMIXConfig):
         self.restore_from: str | None = None
         #: evaluation attack: "wolfpack" (test budget), "random", "none"
         self.test_attack: str = "wolfpack"
+        #: [marlx, not the paper's: the paper and the released code attack every training episode (1.0)] probability
+        #: that a training episode is attacked; the others are played naturally (same greedy victim, same ε
+        #: schedule) and stored alike. An option for tasks whose short episodes make the training budget most of an
+        #: episode (BENCHMARKS.md, issue 13: WALL collapses there when every episode is attacked)
+        self.attack_train_episode_prob: float = 1.0
         for key, value in WALL_MODEL_DEFAULTS.items():
             setattr(self, key, value)
         #: "auto": the ``attack`` entry follows the WALL options above (see :attr:`attack`); anything else
@@ -94,7 +99,10 @@ class WALLConfig(QMIXConfig):
         if setting != "auto":
             return setting
         if not getattr(self, "in_evaluation", False):
-            return self.wolfpack_options(self.num_attack_train)
+            options = self.wolfpack_options(self.num_attack_train)
+            if self.attack_train_episode_prob < 1.0:
+                options["episode_prob"] = float(self.attack_train_episode_prob)
+            return options
         if self.test_attack == "wolfpack":
             return self.wolfpack_options(self.num_attack_test)
         if self.test_attack == "random":
@@ -141,6 +149,8 @@ class WALLConfig(QMIXConfig):
             errors.append(f"init_attack_step_method must be 'planner' or 'random', got {self.init_attack_step_method!r}")
         if self.num_attack_train < 0 or self.num_attack_test < 0:
             errors.append("num_attack_train and num_attack_test must be >= 0")
+        if not 0.0 <= float(self.attack_train_episode_prob) <= 1.0:
+            errors.append(f"attack_train_episode_prob must be in [0, 1], got {self.attack_train_episode_prob!r}")
         if self.attack_period > self.trans_input_len:
             errors.append("attack_period must not exceed trans_input_len")
         if self.test_attack not in ("wolfpack", "random", "none"):
