@@ -200,6 +200,7 @@ def main() -> None:
     p.add_argument("--summarize", action="store_true",
                    help="only read the per-seed stages of an earlier (possibly cut short) run under --out")
     args = p.parse_args()
+    args.out = os.path.abspath(args.out)  # RLlib saves checkpoints to absolute paths or URIs only
 
     if args.summarize:
         import glob
