@@ -88,13 +88,28 @@ def test_natural_and_attacked_evaluation(ray_session):
 def test_restore_from_natural_checkpoint(ray_session, tmp_path, faithful):
     qmix = small(QMIXConfig).build_algo()
     try:
-        qmix.train()
+        for _ in range(4):  # past learning_starts: RMSprop holds its running squares
+            qmix.train()
         path = qmix.save_to_path(tmp_path / "natural")
         natural = qmix.learner_group._learner.module["default_policy"].state_dict()
+        natural_opt = qmix.learner_group._learner.get_optimizer("default_policy").state_dict()
     finally:
         qmix.stop()
+    assert natural_opt["state"], "the natural run made no update"
     algo = small(restore_from=str(path), wall_faithful=faithful).build_algo()
     try:
+        # the RL optimiser continues where the natural run's stopped (the released code restores RMSprop too)
+        opt = algo.learner_group._learner.get_optimizer("default_policy").state_dict()
+        assert sorted(opt["state"]) == sorted(natural_opt["state"])
+        for i, buffers in natural_opt["state"].items():
+            assert float(opt["state"][i]["step"]) == float(buffers["step"]) > 0
+            assert torch.equal(opt["state"][i]["square_avg"], buffers["square_avg"])
+        assert opt["param_groups"][0]["lr"] == natural_opt["param_groups"][0]["lr"]
+        fresh = small(restore_from=str(path), restore_optimizer=False).build_algo()
+        try:
+            assert not fresh.learner_group._learner.get_optimizer("default_policy").state_dict()["state"]
+        finally:
+            fresh.stop()
         own = algo.learner_group._learner.module["default_policy"].state_dict()
         for k in natural:
             if k.startswith(("agent.", "mixer.", "target_agent.")):
@@ -103,6 +118,10 @@ def test_restore_from_natural_checkpoint(ray_session, tmp_path, faithful):
         assert same_target is (not faithful)  # the released code leaves the target mixer random
         runner = algo.env_runner.module.state_dict()
         assert torch.equal(runner["agent.fc1.weight"], natural["agent.fc1.weight"])
+        for _ in range(3):  # WALL's own updates step the loaded optimiser on
+            algo.train()
+        stepped = algo.learner_group._learner.get_optimizer("default_policy").state_dict()["state"]
+        assert float(stepped[0]["step"]) > float(natural_opt["state"][0]["step"])
     finally:
         algo.stop()
 

@@ -10,6 +10,7 @@ transformers train every update (:class:`~marlx.algorithms.wall.learner.WALLLear
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Any
@@ -30,14 +31,52 @@ from marlx.runtime.replay import TeamEpisodeReplay
 from marlx.algorithms.wall.learner import WALLLearner
 from marlx.algorithms.wall.module import WALL_MODEL_DEFAULTS, WALLRLModule
 
+logger = logging.getLogger(__name__)
+
 #: budgets of the released presets: (train, test) attacked steps per episode (spec §12, §0 #2)
 BUDGET_PRESETS = {"qmix": (12, 8), "vdn": (16, 12)}
 
 _WALL_OPTIONS = (
     "num_attack_train", "num_attack_test", "attack_duration", "temperature", "num_followup_agents",
     "init_agent_random", "followup_l2", "init_attack_step_method", "wall_planning_lr", "wall_qdiff_lr",
-    "wall_faithful", "restore_from", "test_attack", "attack_train_episode_prob", *WALL_MODEL_DEFAULTS,
+    "wall_faithful", "restore_from", "restore_optimizer", "test_attack", "attack_train_episode_prob", *WALL_MODEL_DEFAULTS,
 )
+
+
+def _saved_optimizer_state(ckpt: str) -> dict | None:
+    """The RL optimiser's ``state_dict`` (numpy leaves) saved in a checkpoint's learner state, or None."""
+    path = os.path.join(ckpt, "learner_group", "learner", "state.pkl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        state = pickle.load(f)
+    entry = (state.get("optimizer") or {}).get(f"{DEFAULT_POLICY_ID}_default_optimizer")
+    return None if entry is None else entry["state"]
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> str:
+    """Load ``saved`` into ``optimizer`` when it fits (same kind of buffers, one per parameter, same shapes);
+    return "" on success, else what did not fit."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_params = [i for group in saved["param_groups"] for i in group["params"]]
+    if len(saved_params) != len(params):
+        return f"{len(saved_params)} saved parameters, {len(params)} here"
+    kind = "square_avg" if isinstance(optimizer, torch.optim.RMSprop) else "exp_avg"
+    state = {}
+    for index, param in zip(saved_params, params):
+        buffers = saved["state"].get(index)
+        if buffers is None:
+            continue
+        if kind not in buffers:
+            return f"the checkpoint's optimiser is not {type(optimizer).__name__}"
+        if tuple(np.shape(buffers[kind])) != tuple(param.shape):
+            return f"parameter {index}: shape {tuple(np.shape(buffers[kind]))} saved, {tuple(param.shape)} here"
+        state[index] = {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in buffers.items()}
+    own = optimizer.state_dict()
+    order = [i for group in own["param_groups"] for i in group["params"]]
+    optimizer.load_state_dict({"state": {order[n]: state[i] for n, i in enumerate(saved_params) if i in state},
+                               "param_groups": own["param_groups"]})
+    return ""
 
 
 class WALLConfig(QMIXConfig):
@@ -76,6 +115,9 @@ class WALLConfig(QMIXConfig):
         #: a natural (QMIX) checkpoint to start from: agent, mixer and their targets (the released code, and
         #: ``wall_faithful``, leave the target mixer random until the first hard update); None = from scratch
         self.restore_from: str | None = None
+        #: with ``restore_from``: also load the natural run's RL optimiser state (the released code restores its
+        #: RMSprop state, ``q_learner.py:420-425``); False starts a fresh optimiser
+        self.restore_optimizer: bool = True
         #: evaluation attack: "wolfpack" (test budget), "random", "none"
         self.test_attack: str = "wolfpack"
         #: [marlx, not the paper's: the paper and the released code attack every training episode (1.0)] probability
@@ -141,6 +183,8 @@ class WALLConfig(QMIXConfig):
             "input_len": self.trans_input_len, "num_followup_agents": self.num_followup_agents,
             "init_agent_random": self.init_agent_random, "followup_l2": self.followup_l2,
             "schedule": self.init_attack_step_method, "followup_lr": self.lr, "wall_faithful": self.wall_faithful,
+            # the faithful learner reads the runners' stored h_t (the replay then has a hidden_states column)
+            "store_hidden": bool(self.wall_faithful),
         }
 
     def validate(self) -> None:
@@ -178,10 +222,14 @@ class WALL(QMIX):
             self.metrics.log_value("wall_restored_tensors", loaded, window=1)
 
     def restore_natural(self, path: str, with_target_mixer: bool = True) -> int:
-        """Load agent, mixer and target agent (and target mixer) from a QMIX/VDN/WALL checkpoint; sync runners.
+        """Load agent, mixer and target agent (and target mixer) from a QMIX/VDN/WALL checkpoint, and the RL
+        optimiser's state; sync runners.
 
         The released code restores agent, target agent, mixer and the RMSprop state but not the target mixer
-        (``q_learner.py:420-425``); ``with_target_mixer=False`` does the same (the optimiser state is not loaded).
+        (``q_learner.py:420-425``); ``with_target_mixer=False`` does the same. The optimiser state (RMSprop's running
+        mean of squared gradients and step count, or Adam's moments) is loaded when the checkpoint's optimiser is of
+        the same kind and shapes (``restore_optimizer``): a fresh RMSprop (alpha 0.99) makes its first steps ~10x
+        lr per parameter, which throws a trained policy far from where it was.
         """
         from marlx.cli.evaluate import find_checkpoint
 
@@ -208,6 +256,21 @@ class WALL(QMIX):
             return len(wanted)
 
         results = [r.get() for r in self.learner_group.foreach_learner(load)]
+        if self.config.restore_optimizer:
+            saved = _saved_optimizer_state(ckpt)
+            if saved is None:
+                logger.warning("restore_from %s: no optimiser state in the checkpoint; WALL starts a fresh optimiser",
+                               ckpt)
+            else:
+                def load_optimizer(learner):
+                    return _load_optimizer_state(learner.get_optimizer(DEFAULT_POLICY_ID), saved)
+
+                problems = [r.get() for r in self.learner_group.foreach_learner(load_optimizer)]
+                if problems and problems[0]:
+                    logger.warning("restore_from %s: optimiser state not loaded (%s); WALL starts a fresh optimiser",
+                                   ckpt, problems[0])
+                else:
+                    self.metrics.log_value("wall_restored_optimizer", 1, window=1)
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         return int(results[0]) if results else 0
 
