@@ -117,10 +117,22 @@ def run_seed(args, seed: int) -> dict:
             json.dump(partial, f, indent=1)
         print(f"seed {seed}: {key} {value}", flush=True)
 
-    qmix = train(build_config("QMIX", exp, seed), args.natural_steps, os.path.join(base, "qmix"))
-    stage("qmix", qmix)
-    for which in ("random", "wolfpack"):
-        stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"), which))
+    earlier = os.path.join(base, "partial.json")
+    done = {}
+    if args.reuse_natural and os.path.isfile(earlier):
+        with open(earlier) as f:
+            done = json.load(f).get("qmix", {})
+    if all(k in done for k in ("checkpoint", "natural", "random", "wolfpack")) and os.path.isdir(done["checkpoint"]):
+        qmix = done  # the natural stage of an earlier run with the same --out: checkpoint and its evaluations
+        stage("qmix", {**done, "reused": True})
+    else:
+        qmix = train(build_config("QMIX", exp, seed), args.natural_steps, os.path.join(base, "qmix"))
+        stage("qmix", qmix)
+        for which in ("random", "wolfpack"):
+            stage("qmix", evaluate(qmix["checkpoint"], args, seed, os.path.join(base, "qmix_attack"), which))
+    # WALL keeps its own ε schedule (0 -> 0: the released code forces ε = 0 in attacked episodes, spec §3); the
+    # natural example's exploration keys (e.g. SMAX's 1.0 -> 0.05 over 50k) would make WALL's training near-random
+    exp = {**exp, "config": {k: v for k, v in exp["config"].items() if not k.startswith("epsilon_")}}
     budget = {} if args.train_budget is None else {"num_attack_train": args.train_budget}
     wall_extra = json.loads(args.wall_override) if args.wall_override else {}
     wall_cfg = build_config("WALL", exp, seed, restore_from=qmix["checkpoint"], **budget, **wall_extra)
@@ -196,6 +208,9 @@ def main() -> None:
                         "'{\"num_env_runners\": 0}' (each seed is a Ray task holding one CPU)")
     p.add_argument("--wall-override", default=None,
                    help="JSON WALL training keys for the WALL stage only, e.g. '{\"attack_train_episode_prob\": 0.5}'")
+    p.add_argument("--reuse-natural", action="store_true",
+                   help="reuse each seed's natural QMIX checkpoint and its evaluations from an earlier run with the "
+                        "same --out (its partial.json); only WALL is trained and evaluated again")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--summarize", action="store_true",
                    help="only read the per-seed stages of an earlier (possibly cut short) run under --out")
