@@ -9,7 +9,7 @@
   scaled as SMAC's ``get_state`` scales it: a live unit's position relative to the map centre and
   divided by the map's width/height (``(x - w/2) / w``, in ``[-0.5, 0.5]``), its remaining weapon cooldown
   divided by its unit type's cooldown (JaxMARL's cooldown keeps falling below zero while a unit does not
-  fire, to -10 and less within an episode; clipped at 0 as SMAC's remaining cooldown is); dead units stay
+  fire, to -50 in a replay of 40k env steps; clipped at 0 as SMAC's remaining cooldown is); dead units stay
   all zero. JaxMARL's raw ``world_state`` has positions in
   map units (``0..32``): fed to QMIX's hypernetworks they make the mixer's weights and ``V(s)`` tens of
   times larger than the returns (measured: TD targets ~40 on returns below 2), and QMIX does not learn.
