@@ -162,17 +162,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
                               refit=args.refit, out=args.attacker_dir)
 
 
-def trace_and_print(args: argparse.Namespace) -> int:
-    """``evaluate --trace``: greedy episodes played here (no Ray), printed step by step."""
+def check_played_episodes_args(args: argparse.Namespace) -> None:
+    """The flags ``evaluate --video`` and ``--trace`` share (episodes, budget, the checkpoint's files), each a
+    one-line error."""
     from marlx.cli.evaluate import check_checkpoint_files, find_checkpoint
     from marlx.errors import MarlxError
-    from marlx.render.play import format_trace, trace_episodes
 
     if args.episodes < 1:
         raise MarlxError(f"--episodes must be >= 1, got {args.episodes}")
     if args.budget is not None and args.budget < 0:
         raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {args.budget}")
     check_checkpoint_files(find_checkpoint(args.checkpoint))
+
+
+def trace_and_print(args: argparse.Namespace) -> int:
+    """``evaluate --trace``: greedy episodes played here (no Ray), printed step by step."""
+    from marlx.render.play import format_trace, trace_episodes
+
+    check_played_episodes_args(args)
     res = trace_episodes(args.checkpoint, episodes=args.episodes, seed=args.seed or 0, algo=args.algo,
                          attack=args.attack, budget=args.budget)
     print(json.dumps(res) if args.json else format_trace(res))
@@ -181,19 +188,14 @@ def trace_and_print(args: argparse.Namespace) -> int:
 
 def video_and_print(args: argparse.Namespace) -> int:
     """``evaluate --video``: greedy episodes played and rendered in this process (no Ray), one video file."""
-    from marlx.cli.evaluate import check_checkpoint_files, find_checkpoint
     from marlx.errors import MarlxError
     from marlx.render.play import record_video
     from marlx.render.video import check_video_path
 
-    if args.episodes < 1:
-        raise MarlxError(f"--episodes must be >= 1, got {args.episodes}")
     if args.fps <= 0:
         raise MarlxError(f"--fps must be > 0, got {args.fps}")
-    if args.budget is not None and args.budget < 0:
-        raise MarlxError(f"--budget must be >= 0 attacked steps per episode, got {args.budget}")
     check_video_path(args.video)
-    check_checkpoint_files(find_checkpoint(args.checkpoint))
+    check_played_episodes_args(args)
     res = record_video(args.checkpoint, args.video, episodes=args.episodes, fps=args.fps, seed=args.seed or 0,
                        algo=args.algo, attack=args.attack, budget=args.budget)
     print_evaluation(res, args.json)

@@ -259,8 +259,7 @@ class SMAXTeamEnv(TeamEnv):
         self.core = core = _core(map_name, env_kwargs, state_normalise)
         self.n_agents, self.n_actions = core.n_allies, core.n_actions
         # SMAX's discrete moves: a diagonal unit vector rotated 45 degrees anticlockwise (0 -> +y, 1 -> +x, ...)
-        self.action_names = ["north", "east", "south", "west", "stop"] + [
-            f"attack{j}" for j in range(core.n_actions - 5)]
+        self.action_names = ["north", "east", "south", "west", "stop"] + [f"attack{j}" for j in range(core.n_enemies)]
         self.obs_dim, self.state_dim = core.obs_dim, core.state_dim
         self.episode_limit = core.max_steps
         self.state_names = core.state_names

@@ -160,6 +160,14 @@ class CheckpointPlayer:
                 actions[i] = int(out[Columns.ACTION_DIST_INPUTS].reshape(-1).argmax())
         return actions
 
+    def attack_spec(self, attack: str | None, budget: int | None) -> dict | None:
+        """The attack entry ``marlx evaluate --attack ATTACK --budget K`` builds for this checkpoint (None: none)."""
+        if attack in (None, "none"):
+            return None
+        from marlx.cli.evaluate import attack_spec
+
+        return attack_spec(attack, budget, self.algo_class)
+
     def make_attack(self, spec: dict | None, seed: int = 0):
         """The :mod:`marlx.attacks` attack of ``spec`` for this player's team module (one env), or None."""
         if spec is None:
@@ -262,11 +270,7 @@ def trace_episodes(checkpoint: str, episodes: int = 1, seed: int = 0, algo: str 
     env's names of its actions (``TeamEnv.action_names``) or None; ``attack`` the attack spec or None. The
     attack options are those of :func:`record_video`."""
     player = CheckpointPlayer(checkpoint, algo=algo, render=False)
-    spec = None
-    if attack not in (None, "none"):
-        from marlx.cli.evaluate import attack_spec
-
-        spec = attack_spec(attack, budget, player.algo_class)
+    spec = player.attack_spec(attack, budget)
     try:
         records = player.play(episodes, seed=seed, render=False, attack=spec, trace=True)
         names = getattr(player.team, "action_names", None)
@@ -313,11 +317,7 @@ def record_video(checkpoint: str, path: str, episodes: int = 1, fps: float = 4.0
 
     check_video_path(path)
     player = CheckpointPlayer(checkpoint, algo=algo, render=True)
-    spec = None
-    if attack not in (None, "none"):
-        from marlx.cli.evaluate import attack_spec
-
-        spec = attack_spec(attack, budget, player.algo_class)
+    spec = player.attack_spec(attack, budget)
     try:
         records = player.play(episodes, seed=seed, render=True, attack=spec)
     finally:
