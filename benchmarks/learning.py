@@ -142,7 +142,10 @@ def _run_seed_task(exp: dict, seed: int, max_env_steps: int | None, formation_ro
 
 
 def eval_curve(rows: list[dict], seed: int) -> list[dict]:
-    return [r for r in rows if r["seed"] == seed and r["eval_success"] == r["eval_success"]]
+    """The rows of ``seed`` that hold a greedy evaluation: a success rate or, on tasks that define no success (MPE),
+    a return."""
+    return [r for r in rows if r["seed"] == seed
+            and (r["eval_success"] == r["eval_success"] or r["eval_return"] == r["eval_return"])]
 
 
 def plot(rows_by_algo: dict[str, list[dict]], path: str, title: str, random_rate: float, metric: str = "success",
@@ -167,7 +170,7 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
     """Per-seed final/best/last-quarter greedy success and the env steps at which success first reached
     ``threshold`` (None when it never did)."""
     out = {"final_eval_success": [], "best_eval_success": [], "last_quarter_eval_success": [], "final_eval_return": [],
-           "env_steps": [], "wall_s": [], "steps_to_threshold": [], "distinct_formations": []}
+           "last_quarter_eval_return": [], "env_steps": [], "wall_s": [], "steps_to_threshold": [], "distinct_formations": []}
     for s in range(seeds):
         curve = eval_curve(rows, s)
         if not curve:  # the budget ended before the first greedy evaluation
@@ -180,6 +183,8 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
         out["last_quarter_eval_success"].append(
             round(float(np.mean([r["eval_success"] for r in curve if r["env_steps"] >= cut] or [np.nan])), 3))
         out["final_eval_return"].append(final["eval_return"])
+        out["last_quarter_eval_return"].append(
+            round(float(np.mean([r["eval_return"] for r in curve if r["env_steps"] >= cut] or [np.nan])), 3))
         out["env_steps"].append(final["env_steps"])
         out["wall_s"].append(final["wall_s"])
         out["steps_to_threshold"].append(reached[0] if reached else None)
@@ -313,12 +318,14 @@ def main() -> None:
     rand_rate, rand_return, stem = run["random_success"], run["random_return"], run["stem"]
 
     print(f"{'algo':>6} {'seed':>4} {'env_steps':>9} {'wall_s':>7} {'final_eval':>10} {'best_eval':>9} "
-          f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14} {'formations':>10}")
+          f"{'last_quarter':>12} {'steps_to_' + str(args.threshold):>14} {'formations':>10} {'final_return':>12} "
+          f"{'last_q_return':>13}")
     for algo, sm in summary.items():
         for s in range(args.seeds):
             print(f"{algo:>6} {s:>4} {sm['env_steps'][s]:>9} {sm['wall_s'][s]:>7} {sm['final_eval_success'][s]:>10.2f} "
                   f"{sm['best_eval_success'][s]:>9.2f} {sm['last_quarter_eval_success'][s]:>12.3f} "
-                  f"{str(sm['steps_to_threshold'][s]):>14} {sm['distinct_formations'][s]:>10}")
+                  f"{str(sm['steps_to_threshold'][s]):>14} {sm['distinct_formations'][s]:>10} "
+                  f"{sm['final_eval_return'][s]:>12.3f} {sm['last_quarter_eval_return'][s]:>13.3f}")
     print(f"random play: success {rand_rate:.3f}, return {rand_return:.3f}")
     result = {"bench": "learning", "algos": algos, "env": first["env"], "env_config": env_config, "seeds": args.seeds,
               "threshold": args.threshold, "random_success": rand_rate, "random_return": rand_return,
