@@ -170,7 +170,8 @@ def summarise(rows: list[dict], seeds: int, threshold: float) -> dict:
     """Per-seed final/best/last-quarter greedy success and the env steps at which success first reached
     ``threshold`` (None when it never did)."""
     out = {"final_eval_success": [], "best_eval_success": [], "last_quarter_eval_success": [], "final_eval_return": [],
-           "last_quarter_eval_return": [], "env_steps": [], "wall_s": [], "steps_to_threshold": [], "distinct_formations": []}
+           "last_quarter_eval_return": [], "env_steps": [], "wall_s": [], "steps_to_threshold": [],
+           "distinct_formations": []}
     for s in range(seeds):
         curve = eval_curve(rows, s)
         if not curve:  # the budget ended before the first greedy evaluation
