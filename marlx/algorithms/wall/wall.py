@@ -39,7 +39,8 @@ BUDGET_PRESETS = {"qmix": (12, 8), "vdn": (16, 12)}
 _WALL_OPTIONS = (
     "num_attack_train", "num_attack_test", "attack_duration", "temperature", "num_followup_agents",
     "init_agent_random", "followup_l2", "init_attack_step_method", "wall_planning_lr", "wall_qdiff_lr",
-    "wall_faithful", "restore_from", "restore_optimizer", "test_attack", "attack_train_episode_prob", *WALL_MODEL_DEFAULTS,
+    "wall_faithful", "restore_from", "restore_optimizer", "test_attack", "attack_train_episode_prob",
+    *WALL_MODEL_DEFAULTS,
 )
 
 
